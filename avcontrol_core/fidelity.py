@@ -1,0 +1,65 @@
+"""Bring ltx-core 1.0.0 (PyPI) in line with Lightricks' current LTX-2 source where the two differ numerically.
+
+1. RoPE positions stay float32 whatever the latent dtype (1.0.0's latent tools cast them to bf16, which alone moves
+   a bf16 output by ~14%). The sampler builds positions in fp32; this preprocessor also upcasts defensively.
+2. Audio<->video cross-attention AdaLN: scale/shift come from each stream's own per-token timesteps and the gate
+   from the other stream's sigma (its maximum timestep). 1.0.0 uses the other stream's sigma for both, which is
+   wrong whenever tokens carry different timesteps (image-to-video, every reference at t=0).
+
+Installed per model instance (no installed file is edited): `align_with_current_source(model)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from ltx_core.model.transformer.modality import Modality
+from ltx_core.model.transformer.transformer_args import MultiModalTransformerArgsPreprocessor, TransformerArgs
+
+
+class AlignedCrossModalPreprocessor(MultiModalTransformerArgsPreprocessor):
+    """MultiModalTransformerArgsPreprocessor with the current source's cross-attention timesteps and fp32 RoPE."""
+
+    @classmethod
+    def wrap(cls, original: MultiModalTransformerArgsPreprocessor) -> AlignedCrossModalPreprocessor:
+        aligned = cls.__new__(cls)
+        aligned.__dict__.update(original.__dict__)
+        return aligned
+
+    def prepare(self, modality: Modality, cross_modality: Modality | None = None) -> TransformerArgs:
+        modality = replace(modality, positions=modality.positions.float())
+        args = self.simple_preprocessor.prepare(modality)
+        if cross_modality is None:
+            return args
+        batch = args.x.shape[0]
+        cross_sigma = cross_modality.sigma.reshape(-1).float()
+        if cross_sigma.numel() not in (1, batch):
+            raise ValueError(f"cross-modality sigma must have 1 or {batch} entries, got {cross_sigma.numel()}")
+        cross_pe = self.simple_preprocessor._prepare_positional_embeddings(
+            positions=modality.positions[:, 0:1, :],
+            inner_dim=self.audio_cross_attention_dim,
+            max_pos=[self.cross_pe_max_pos],
+            use_middle_indices_grid=True,
+            num_attention_heads=self.simple_preprocessor.num_attention_heads,
+            x_dtype=modality.latent.dtype,
+        )
+        multiplier = self.simple_preprocessor.timestep_scale_multiplier
+        dtype = modality.latent.dtype
+        scale_shift, _ = self.cross_scale_shift_adaln((modality.timesteps * multiplier).flatten(), hidden_dtype=dtype)
+        scale_shift = scale_shift.view(batch, -1, scale_shift.shape[-1])
+        gate_t = (cross_sigma * self.av_ca_timestep_scale_multiplier).expand(batch)
+        gate, _ = self.cross_gate_adaln(gate_t, hidden_dtype=dtype)
+        gate = gate.view(batch, -1, gate.shape[-1])
+        return replace(
+            args, cross_positional_embeddings=cross_pe, cross_scale_shift_timestep=scale_shift, cross_gate_timestep=gate
+        )
+
+
+def align_with_current_source(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap the audio/video argument preprocessors of an ltx-core LTXModel for the aligned ones (idempotent)."""
+    for name in ("video_args_preprocessor", "audio_args_preprocessor"):
+        pre = getattr(model, name, None)
+        if isinstance(pre, MultiModalTransformerArgsPreprocessor) and not isinstance(pre, AlignedCrossModalPreprocessor):
+            setattr(model, name, AlignedCrossModalPreprocessor.wrap(pre))
+    return model

@@ -1,0 +1,146 @@
+"""Sigma schedules and the flow-matching sampler loop over the joint audio+video latent.
+
+Our own loop (ltx-pipelines' pipelines call torch.cuda.synchronize() unconditionally and cannot run on a CPU):
+small functions over tensors, seeded noise drawn on the CPU so a seed means the same clip on any device, a progress
+callback and an interruption check every step. Sampler state is kept in float32; the transformer runs in its dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from ltx_core.components.schedulers import LTX2Scheduler
+from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+from ltx_core.model.transformer.modality import Modality
+from ltx_core.types import LatentState
+
+from avcontrol_core.errors import InputError, require
+from avcontrol_core.guidance import Guidance
+from avcontrol_core.latents import AVLatent, audio_state, unpatchify, video_state
+
+# Lightricks' distilled schedules (ltx-pipelines constants): 8 steps, and the 3-step refinement of stage two.
+DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0)
+DISTILLED_STAGE2_SIGMAS = (0.909375, 0.725, 0.421875, 0.0)
+SCHEDULES = ("ltx2", "distilled", "distilled_stage2")
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Prompt embeddings as the transformer reads them: video (B, L, Dv) and audio (B, L, Da) contexts."""
+
+    video: torch.Tensor
+    audio: torch.Tensor
+
+
+def schedule(kind: str, steps: int, video_tokens: int) -> torch.Tensor:
+    """Sigmas from 1 (noise) to 0. 'ltx2': LTX-2's token-count-shifted, stretched schedule with `steps` steps.
+    'distilled' / 'distilled_stage2': the fixed schedules of the distilled model (their step count is fixed)."""
+    require(kind in SCHEDULES, "schedule", f"one of {SCHEDULES}", kind)
+    if kind == "distilled":
+        return torch.tensor(DISTILLED_SIGMAS)
+    if kind == "distilled_stage2":
+        return torch.tensor(DISTILLED_STAGE2_SIGMAS)
+    require(isinstance(steps, int) and 1 <= steps <= 1000, "steps", "an integer between 1 and 1000", steps)
+    return LTX2Scheduler().execute(steps=steps, default_number_of_tokens=video_tokens)
+
+
+def initial_noise(state: LatentState, generator: torch.Generator, noise_scale: float) -> torch.Tensor:
+    """x = noise * m*s + clean * (1 - m*s) with m the denoise mask and s the first sigma (ltx-core's noiser)."""
+    noise = torch.randn(state.latent.shape, generator=generator, dtype=torch.float32).to(state.latent.device)
+    scaled = state.denoise_mask * noise_scale
+    return noise * scaled + state.clean_latent * (1 - scaled)
+
+
+def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    return x + (x - denoised) / sigma * (sigma_next - sigma)
+
+
+def _batched(t: torch.Tensor, batch: int) -> torch.Tensor:
+    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+
+
+class Denoiser:
+    """One guided denoising evaluation of the transformer at a sigma: all passes batched into one forward."""
+
+    def __init__(self, transformer: torch.nn.Module, guidance: Guidance, positive: TextContext,
+                 negative: TextContext | None, batch: int, dtype: torch.dtype, device: torch.device):
+        self.transformer, self.guidance, self.dtype = transformer, guidance, dtype
+        self.passes = guidance.passes()
+        if "uncond" in self.passes and negative is None:
+            raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
+        ctx = {"cond": positive, "uncond": negative, "perturbed": positive, "isolated": positive}
+        self.video_context = torch.cat(
+            [_batched(ctx[p].video, batch) for p in self.passes]).to(device=device, dtype=dtype)
+        self.audio_context = torch.cat(
+            [_batched(ctx[p].audio, batch) for p in self.passes]).to(device=device, dtype=dtype)
+        self.perturbations = BatchedPerturbationConfig(
+            [guidance.perturbation(p) for p in self.passes for _ in range(batch)])
+
+    def _modality(self, x: torch.Tensor, state: LatentState, sigma: torch.Tensor, context: torch.Tensor) -> Modality:
+        n = len(self.passes)
+        timesteps = (state.denoise_mask * sigma).squeeze(-1)
+        return Modality(
+            latent=x.repeat(n, 1, 1).to(self.dtype),
+            sigma=sigma.expand(x.shape[0] * n),
+            timesteps=timesteps.repeat(n, 1),
+            positions=state.positions.repeat(n, 1, 1, 1),
+            context=context,
+        )
+
+    @torch.inference_mode()
+    def __call__(self, xv: torch.Tensor, xa: torch.Tensor, v_state: LatentState, a_state: LatentState,
+                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.tensor([sigma], dtype=torch.float32, device=xv.device)
+        video = self._modality(xv, v_state, s, self.video_context)
+        audio = self._modality(xa, a_state, s, self.audio_context)
+        v_vel, a_vel = self.transformer(video=video, audio=audio, perturbations=self.perturbations)
+        # x0 = x - velocity * t with each token's own timestep (t = 0 keeps a token as it is)
+        v_x0 = (video.latent.float() - v_vel.float() * video.timesteps.unsqueeze(-1)).chunk(len(self.passes))
+        a_x0 = (audio.latent.float() - a_vel.float() * audio.timesteps.unsqueeze(-1)).chunk(len(self.passes))
+        v_out = self.guidance.combine("video", dict(zip(self.passes, v_x0)))
+        a_out = self.guidance.combine("audio", dict(zip(self.passes, a_x0)))
+        # tokens with denoise mask < 1 are pulled back toward their clean (conditioning) value
+        v_out = v_out * v_state.denoise_mask + v_state.clean_latent * (1 - v_state.denoise_mask)
+        a_out = a_out * a_state.denoise_mask + a_state.clean_latent * (1 - a_state.denoise_mask)
+        return v_out, a_out
+
+
+def sample(
+    transformer: torch.nn.Module,
+    latent: AVLatent,
+    positive: TextContext,
+    negative: TextContext | None,
+    guidance: Guidance,
+    sigmas: torch.Tensor,
+    seed: int,
+    *,
+    causal_positions: bool,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+    check_interrupted: Callable[[], None] | None = None,
+) -> AVLatent:
+    """Denoise `latent` along `sigmas`; returns the clean latent (masks reset to ones).
+
+    Deterministic for a given seed. `on_step(done, total)` runs after each step, `check_interrupted()` before it
+    (it raises to cancel)."""
+    require(sigmas.ndim == 1 and len(sigmas) >= 2, "sigmas", "a 1-D schedule with at least 2 values", tuple(sigmas.shape))
+    require(0 <= seed < 2**64, "seed", "an integer in [0, 2^64)", seed)
+    device = torch.device(device)
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    v_state, a_state = video_state(latent, causal_positions, device), audio_state(latent, device)
+    first = float(sigmas[0])
+    xv, xa = initial_noise(v_state, generator, first), initial_noise(a_state, generator, first)
+    denoise = Denoiser(transformer, guidance, positive, negative, latent.batch, dtype, device)
+    total = len(sigmas) - 1
+    for i in range(total):
+        if check_interrupted is not None:
+            check_interrupted()
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        v_x0, a_x0 = denoise(xv, xa, v_state, a_state, sigma)
+        xv, xa = euler_step(xv, v_x0, sigma, sigma_next), euler_step(xa, a_x0, sigma, sigma_next)
+        if on_step is not None:
+            on_step(i + 1, total)
+    return unpatchify(latent, xv, xa)
