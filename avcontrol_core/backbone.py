@@ -19,9 +19,9 @@ from ltx_core.model.audio_vae.model_configurator import (
 from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
 
-from avcontrol_core import checkpoint as ckpt
-from avcontrol_core.errors import InputError
-from avcontrol_core.fidelity import align_with_current_source
+from . import checkpoint as ckpt
+from .errors import InputError
+from .fidelity import align_with_current_source
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

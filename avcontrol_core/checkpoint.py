@@ -13,7 +13,7 @@ from pathlib import Path
 import safetensors
 import torch
 
-from avcontrol_core.errors import InputError
+from .errors import InputError
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 CONNECTOR_PREFIXES = (

@@ -13,9 +13,9 @@ from einops import rearrange
 from ltx_core.model.audio_vae.audio_vae import decode_audio as ltx_decode_audio
 from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
 
-from avcontrol_core.backbone import AVModel
-from avcontrol_core.errors import require
-from avcontrol_core.latents import AVLatent
+from .backbone import AVModel
+from .errors import require
+from .latents import AVLatent
 
 
 def tiling(tile_pixels: int = 512, overlap_pixels: int = 64, tile_frames: int = 64, overlap_frames: int = 24) -> TilingConfig:

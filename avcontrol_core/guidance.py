@@ -13,7 +13,7 @@ import torch
 from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
 from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, PerturbationType
 
-from avcontrol_core.errors import require
+from .errors import require
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,12 @@ class Guidance:
 
     def enabled(self) -> bool:
         return self.video.enabled() or self.audio.enabled()
+
+    def check_blocks(self, num_layers: int) -> None:
+        """STG block indices must exist in the model."""
+        for s in (self.video, self.audio):
+            require(all(b < num_layers for b in s.stg_blocks), "stg_blocks",
+                    f"block indices below the model's {num_layers} layers", s.stg_blocks)
 
     def passes(self) -> tuple[str, ...]:
         """Which transformer passes a step runs, always starting with the conditional one."""

@@ -13,7 +13,7 @@ import torch
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
 from ltx_core.types import AudioLatentShape, LatentState, SpatioTemporalScaleFactors, VideoLatentShape
 
-from avcontrol_core.errors import InputError, require
+from .errors import InputError, require
 
 VIDEO_CHANNELS = 128
 AUDIO_CHANNELS, AUDIO_MEL_BINS = 8, 16

@@ -101,7 +101,7 @@ def fit_audio(audio: dict, seconds: float) -> dict:
     return {"waveform": wave, "sample_rate": sr}
 
 
-def _check_images(images) -> torch.Tensor:
+def check_images(images) -> torch.Tensor:
     """Validate an IMAGE batch for H.264 yuv420p; return it as a CPU float tensor."""
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -118,7 +118,7 @@ def _check_images(images) -> torch.Tensor:
     return images.detach().cpu()
 
 
-def _check_audio(audio) -> tuple[np.ndarray, int]:
+def check_audio(audio) -> tuple[np.ndarray, int]:
     """Validate an AUDIO dict; return the first batch item as float32 [C, T] and the rate."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise ValueError("audio: expected a dict with 'waveform' and 'sample_rate'")
@@ -163,12 +163,12 @@ def _movie_timescale(rate: Fraction, sr: int | None) -> int:
 
 def write_mp4(path, images, fps, audio: dict | None = None, crf: int = 19) -> Path:
     """Encode IMAGE (+ optional AUDIO) to an H.264 + AAC MP4; audio fitted to the video length."""
-    images = _check_images(images)
+    images = check_images(images)
     rate = fps_fraction(fps)
     frames, height, width, _ = images.shape
     wave = sr = None
     if audio is not None:
-        wave, sr = _check_audio(audio)
+        wave, sr = check_audio(audio)
         if _aac_rate(sr) != sr:
             wave, sr = _resample(wave, sr, _aac_rate(sr)), _aac_rate(sr)
         wave = fit_samples(wave, round(Fraction(frames) / rate * sr))

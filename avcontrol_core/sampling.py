@@ -16,9 +16,9 @@ from ltx_core.guidance.perturbations import BatchedPerturbationConfig
 from ltx_core.model.transformer.modality import Modality
 from ltx_core.types import LatentState
 
-from avcontrol_core.errors import InputError, require
-from avcontrol_core.guidance import Guidance
-from avcontrol_core.latents import AVLatent, audio_state, unpatchify, video_state
+from .errors import InputError, require
+from .guidance import Guidance
+from .latents import AVLatent, audio_state, unpatchify, video_state
 
 # Lightricks' distilled schedules (ltx-pipelines constants): 8 steps, and the 3-step refinement of stage two.
 DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0)
@@ -44,6 +44,12 @@ def schedule(kind: str, steps: int, video_tokens: int) -> torch.Tensor:
         return torch.tensor(DISTILLED_STAGE2_SIGMAS)
     require(isinstance(steps, int) and 1 <= steps <= 1000, "steps", "an integer between 1 and 1000", steps)
     return LTX2Scheduler().execute(steps=steps, default_number_of_tokens=video_tokens)
+
+
+def step_count(kind: str, steps: int) -> int:
+    """How many sampler steps a schedule takes (the distilled ones are fixed)."""
+    fixed = {"distilled": DISTILLED_SIGMAS, "distilled_stage2": DISTILLED_STAGE2_SIGMAS}
+    return len(fixed[kind]) - 1 if kind in fixed else steps
 
 
 def initial_noise(state: LatentState, generator: torch.Generator, noise_scale: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from avcontrol_core import checkpoint as ckpt
+from . import checkpoint as ckpt
 
 TINY_CHECKPOINT = "avcontrol-tiny-{version}.safetensors"
 TINY_GEMMA_DIR = "avcontrol-tiny-gemma"
@@ -73,7 +73,7 @@ _TINY_VOCODER = {
 
 def tiny_config(version: str = "ltx2") -> dict:
     """The full metadata config of a tiny checkpoint in the given layout ('ltx2' = 19B, 'ltx2.3' = 22B)."""
-    from avcontrol_core import tiny_text
+    from . import tiny_text
 
     if version not in ckpt.VERSIONS:
         raise ValueError(f"version must be one of {ckpt.VERSIONS}, got {version!r}")
@@ -108,8 +108,8 @@ def spread_init_(name: str, tensor: torch.Tensor, generator: torch.Generator) ->
 
 def tiny_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights for every component, under the checkpoint's real key names (text side included)."""
-    from avcontrol_core import tiny_text
-    from avcontrol_core.backbone import COMPONENTS
+    from . import tiny_text
+    from .backbone import COMPONENTS
 
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
@@ -148,7 +148,7 @@ def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), s
     root/checkpoints/avcontrol-tiny-<version>.safetensors and root/text_encoders/avcontrol-tiny-gemma/ (an HF folder).
     Files already present are kept (same seed gives the same bytes), so repeated calls are cheap.
     """
-    from avcontrol_core import tiny_text
+    from . import tiny_text
 
     root = Path(root)
     paths: dict[str, Path] = {}

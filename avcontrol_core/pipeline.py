@@ -1,0 +1,39 @@
+"""The whole path as plain functions: validate, schedule, sample, decode, write. Used by the nodes and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .backbone import AVModel
+from .conditioning import PromptPair
+from .errors import InputError
+from .guidance import Guidance
+from .latents import AVLatent
+from .sampling import SCHEDULES, sample, schedule
+
+
+def run_sampler(
+    model: AVModel,
+    prompts: PromptPair,
+    latent: AVLatent,
+    guidance: Guidance | None,
+    *,
+    steps: int,
+    schedule_name: str,
+    seed: int,
+    on_step: Callable[[int, int], None] | None = None,
+    check_interrupted: Callable[[], None] | None = None,
+) -> AVLatent:
+    """Check every input first (cheap), then denoise `latent`. Returns the clean latent."""
+    guidance = guidance or Guidance()
+    if schedule_name not in SCHEDULES:
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule_name!r}")
+    guidance.check_blocks(int(model.config["transformer"]["num_layers"]))
+    if "uncond" in guidance.passes() and prompts.negative is None:
+        raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
+    sigmas = schedule(schedule_name, steps, int(latent.video[0, 0].numel()))
+    return sample(
+        model.transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
+        causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
+        on_step=on_step, check_interrupted=check_interrupted,
+    )
