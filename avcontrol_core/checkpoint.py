@@ -78,6 +78,9 @@ def read_config(path: str | Path) -> dict:
             f"{path.name} is not an LTX-2 audio+video checkpoint: its config lacks the sections {missing} "
             f"(a video-only LTX-Video checkpoint, or a component file?)"
         )
+    # ltx-core 1.0.0 defaults a missing rope_type to "interleaved"; Lightricks' current source (and the released
+    # checkpoints' training) use "split". Follow the current source.
+    config["transformer"].setdefault("rope_type", "split")
     return config
 
 

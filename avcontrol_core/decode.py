@@ -1,7 +1,7 @@
 """Latents to media: video VAE to frames (optionally tiled for large frames), audio VAE + vocoder to a waveform.
 
 Outputs use ComfyUI's data layout without importing it: frames float [F, H, W, 3] in 0..1, audio
-{"waveform": float [1, C, T], "sample_rate": int} trimmed to the clip's duration.
+{"waveform": float [B, C, T], "sample_rate": int} trimmed to the clip's duration.
 """
 
 from __future__ import annotations

@@ -46,7 +46,10 @@ class AlignedCrossModalPreprocessor(MultiModalTransformerArgsPreprocessor):
         )
         multiplier = self.simple_preprocessor.timestep_scale_multiplier
         dtype = modality.latent.dtype
-        scale_shift, _ = self.cross_scale_shift_adaln((modality.timesteps * multiplier).flatten(), hidden_dtype=dtype)
+        own_t = modality.timesteps * multiplier
+        if own_t.ndim == 2 and bool((own_t == own_t[:, :1]).all()):
+            own_t = own_t[:, :1]  # one timestep per sample: embed it once, bit-identical to ltx-core 1.0.0's (B, 1)
+        scale_shift, _ = self.cross_scale_shift_adaln(own_t.flatten(), hidden_dtype=dtype)
         scale_shift = scale_shift.view(batch, -1, scale_shift.shape[-1])
         gate_t = (cross_sigma * self.av_ca_timestep_scale_multiplier).expand(batch)
         gate, _ = self.cross_gate_adaln(gate_t, hidden_dtype=dtype)

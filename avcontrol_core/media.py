@@ -295,3 +295,11 @@ def probe_mp4(path) -> dict:
         channels=None if wave is None else wave.shape[0],
     )
     return info
+
+
+def load_image(path) -> torch.Tensor:
+    """An image file (png, jpg, webp...) as IMAGE [1, H, W, 3] float 0..1, decoded by FFmpeg through PyAV."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        rgb = frame.to_ndarray(format="rgb24")
+    return torch.from_numpy(rgb).float().div(255.0)[None]

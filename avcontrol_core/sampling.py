@@ -43,7 +43,8 @@ def schedule(kind: str, steps: int, video_tokens: int) -> torch.Tensor:
     if kind == "distilled_stage2":
         return torch.tensor(DISTILLED_STAGE2_SIGMAS)
     require(isinstance(steps, int) and 1 <= steps <= 1000, "steps", "an integer between 1 and 1000", steps)
-    return LTX2Scheduler().execute(steps=steps, default_number_of_tokens=video_tokens)
+    # one step: nothing to stretch (ltx-core's stretch divides 0 by 0 and returns a NaN sigma)
+    return LTX2Scheduler().execute(steps=steps, default_number_of_tokens=video_tokens, stretch=steps > 1)
 
 
 def step_count(kind: str, steps: int) -> int:

@@ -1,0 +1,91 @@
+"""Command line: a prompt becomes an mp4 with synchronized sound, without ComfyUI.
+
+    python -m avcontrol_core                       # built-in tiny model (random weights), prints the mp4 path
+    python -m avcontrol_core --checkpoint ltx-2-19b-dev.safetensors --gemma gemma_3_12B_it.safetensors \
+        --prompt "..." --width 768 --height 512 --frames 121 --steps 40 --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_PROMPT = "A red kite dances over a windy beach; waves crash and gulls call."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m avcontrol_core", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to see and hear")
+    p.add_argument("--negative", default="worst quality, blurry, distorted", help="what to avoid (text CFG)")
+    p.add_argument("--checkpoint", help="LTX-2 .safetensors; default: the built-in tiny model")
+    p.add_argument("--gemma", help="Gemma 3 folder or single file; default: the built-in tiny Gemma")
+    p.add_argument("--width", type=int, default=256, help="multiple of 32")
+    p.add_argument("--height", type=int, default=160, help="multiple of 32")
+    p.add_argument("--frames", type=int, default=25, help="8n+1")
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--schedule", default="ltx2", choices=["ltx2", "distilled", "distilled_stage2"])
+    p.add_argument("--cfg", type=float, default=3.0, help="video text CFG (audio uses --audio-cfg)")
+    p.add_argument("--audio-cfg", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image", help="first frame (image-to-video)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default=None, help="cpu or cuda; default: cuda when available")
+    p.add_argument("--out", default="output", help="output folder")
+    p.add_argument("--prefix", default="avcontrol/cli", help="file name prefix (a counter is appended)")
+    return p
+
+
+def _tiny_paths() -> tuple[Path, Path]:
+    from .tiny import write_tiny_models
+
+    root = Path(os.environ.get("AVCONTROL_CACHE", Path.home() / ".cache" / "avcontrol")) / "tiny-models"
+    paths = write_tiny_models(root)
+    return paths["checkpoint_ltx2"], paths["gemma"]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = _parser().parse_args(argv)
+    import torch
+    from tqdm.auto import tqdm
+
+    from .backbone import load_model
+    from .conditioning import encode_first_frame
+    from .decode import decode_audio, decode_video
+    from .guidance import Guidance, StreamGuidance
+    from .latents import condition_first_frame, empty_latent
+    from .media import unique_output_path, write_mp4
+    from .pipeline import run_sampler
+    from .sampling import step_count
+    from .text_encoder import encode_prompt_pair, load_prompt_encoder
+
+    latent = empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else _tiny_paths()
+    if args.checkpoint and not args.gemma:
+        raise SystemExit("--gemma is required with --checkpoint")
+    model = load_model(ckpt, device, dtype)
+    encoder = load_prompt_encoder(gemma, model.path, model.config, device, dtype)
+    prompts = encode_prompt_pair(encoder, args.prompt, args.negative)
+    del encoder
+    if args.image:
+        from .media import load_image
+
+        latent = condition_first_frame(latent, encode_first_frame(model, load_image(args.image), args.width, args.height), 1.0)
+    guidance = Guidance(StreamGuidance(cfg=args.cfg), StreamGuidance(cfg=args.audio_cfg))
+    with tqdm(total=step_count(args.schedule, args.steps), desc="sampling", file=sys.stderr) as bar:
+        out = run_sampler(model, prompts, latent, guidance, steps=args.steps, schedule_name=args.schedule,
+                          seed=args.seed, on_step=lambda done, total: bar.update(1))
+    model.release("transformer")
+    frames, audio = decode_video(model, out), decode_audio(model, out)
+    path = unique_output_path(args.out, args.prefix, ".mp4")
+    write_mp4(path, frames, args.fps, audio)
+    print(path.resolve())
+    return path
+
+
+if __name__ == "__main__":
+    main()
