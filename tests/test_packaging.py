@@ -1,0 +1,76 @@
+"""The pack as ComfyUI and ComfyUI-Manager see it: dependencies, registry metadata, a light import, node hygiene."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from tests.workflow_format import pack_display_names, pack_node_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "ltx_core", "transformers", "av", "safetensors", "numpy")
+
+
+def test_requirements_txt_mirrors_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    requirements = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert requirements == project["dependencies"]
+
+
+def test_registry_metadata_is_complete():
+    comfy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    for key in ("PublisherId", "DisplayName", "Icon", "requires-comfyui"):
+        assert comfy.get(key), key
+    assert (ROOT / comfy["Icon"]).is_file()
+
+
+def test_layout_is_the_designed_one():
+    for name in ("nodes", "avcontrol_core", "workflows", "web", "tests", "__init__.py", "pyproject.toml"):
+        assert (ROOT / name).exists(), name
+    assert list((ROOT / "web").glob("*.js")), "web/ must hold the frontend extension"
+
+
+def test_importing_the_pack_is_light_and_only_registers_nodes():
+    code = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("pack", {str(ROOT / '__init__.py')!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+mod = importlib.util.module_from_spec(spec); sys.modules["pack"] = mod; spec.loader.exec_module(mod)
+print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules], "nodes": sorted(mod.NODE_CLASS_MAPPINGS),
+                  "web": mod.WEB_DIRECTORY}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["heavy"] == []
+    assert len(info["nodes"]) >= 9
+    assert (ROOT / info["web"]).is_dir()
+
+
+def test_every_node_has_category_tooltips_and_display_name():
+    classes, names = pack_node_classes(), pack_display_names()
+    for name, cls in classes.items():
+        assert name.startswith("AVC"), name
+        assert cls.CATEGORY.startswith("AVControl/"), (name, cls.CATEGORY)
+        assert names.get(name), name
+        assert callable(getattr(cls, cls.FUNCTION))
+        assert isinstance(cls.RETURN_TYPES, tuple)
+        for section in cls.INPUT_TYPES().values():
+            for input_name, spec in section.items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_core_library_never_imports_comfy():
+    for path in (ROOT / "avcontrol_core").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""]
+            else:
+                continue
+            assert not any(m.split(".")[0] in ("comfy", "folder_paths", "nodes") for m in mods), (path.name, mods)
