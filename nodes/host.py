@@ -1,0 +1,360 @@
+"""The pack's one adapter to host (ComfyUI) services.
+
+Every other module of the pack reaches ComfyUI only through this module. It never imports
+``comfy`` or ``folder_paths`` at import time: each function imports them lazily, and only when
+ComfyUI has already loaded them (``is_hosted()``), so ``nodes/*`` import and run without ComfyUI
+(CI, scripts, tests). Without a host the functions fall back to plain behaviour:
+
+- model folders: ``$AVCONTROL_MODELS_DIR/<kind>/`` (default ``./models/<kind>/``)
+- output folder: ``$AVCONTROL_OUTPUT_DIR`` (default ``./output``)
+- progress: tqdm; interruption: never; device: CUDA if available, else CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = [
+    "MODEL_FOLDERS",
+    "MODEL_EXTENSIONS",
+    "ModelFolder",
+    "Progress",
+    "check_interrupted",
+    "free_host_memory",
+    "is_hosted",
+    "list_models",
+    "models_root",
+    "output_directory",
+    "progress_bar",
+    "register_model_folders",
+    "resolve_model",
+    "torch_device",
+]
+
+MODELS_DIR_ENV = "AVCONTROL_MODELS_DIR"
+OUTPUT_DIR_ENV = "AVCONTROL_OUTPUT_DIR"
+
+# The file endings ComfyUI lists in its model folders (folder_paths.supported_pt_extensions).
+MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
+
+# A folder holding a Hugging Face model (e.g. Gemma 3) is recognised by this file.
+HF_MARKER = "config.json"
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One kind of model file the pack reads, i.e. one ComfyUI model folder.
+
+    kind: the folder_paths name (and the folder name under the models directory).
+    extensions: file endings listed for this kind.
+    hf_folders: whether folders holding a Hugging Face model count as entries.
+    """
+
+    kind: str
+    extensions: frozenset[str] = MODEL_EXTENSIONS
+    hf_folders: bool = False
+
+
+# Every kind the pack uses. A new kind of file is one more line here; register_model_folders()
+# adds it to ComfyUI when ComfyUI does not know it yet.
+MODEL_FOLDERS: tuple[ModelFolder, ...] = (
+    ModelFolder("checkpoints"),
+    ModelFolder("diffusion_models"),
+    ModelFolder("text_encoders", hf_folders=True),
+    ModelFolder("loras"),
+    ModelFolder("latent_upscale_models"),
+)
+
+_FOLDERS_BY_KIND = {f.kind: f for f in MODEL_FOLDERS}
+
+
+def _folder_spec(kind: str) -> ModelFolder:
+    return _FOLDERS_BY_KIND.get(kind) or ModelFolder(kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Host detection and lazy imports
+# --------------------------------------------------------------------------------------------
+
+
+def is_hosted() -> bool:
+    """True when running inside ComfyUI.
+
+    ComfyUI imports ``folder_paths`` and ``comfy.model_management`` before it loads custom
+    nodes, so their presence in ``sys.modules`` is the test. Importing them ourselves would have
+    side effects (ComfyUI parses the command line and picks devices on import), so we never do
+    that just to find out.
+    """
+    return "folder_paths" in sys.modules and "comfy.model_management" in sys.modules
+
+
+def _folder_paths() -> Any | None:
+    if not is_hosted():
+        return None
+    try:
+        import folder_paths  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def _model_management() -> Any | None:
+    if not is_hosted():
+        return None
+    try:
+        import comfy.model_management as mm  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return mm
+
+
+def _comfy_utils() -> Any | None:
+    if not is_hosted():
+        return None
+    try:
+        import comfy.utils as cu  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return cu
+
+
+# --------------------------------------------------------------------------------------------
+# Model folders
+# --------------------------------------------------------------------------------------------
+
+
+def register_model_folders() -> None:
+    """Make every kind in MODEL_FOLDERS known to ComfyUI. Idempotent; a no-op without a host.
+
+    ComfyUI's own kinds are left as they are (users configure them with
+    extra_model_paths.yaml). A kind ComfyUI lacks (e.g. ``latent_upscale_models`` on older
+    versions) gets ``<models_dir>/<kind>`` with the kind's file endings.
+    """
+    fp = _folder_paths()
+    if fp is None:
+        return
+    known = getattr(fp, "folder_names_and_paths", {})
+    for spec in MODEL_FOLDERS:
+        if spec.kind in known:
+            continue
+        fp.add_model_folder_path(spec.kind, os.path.join(fp.models_dir, spec.kind))
+        # add_model_folder_path creates new kinds with no extension filter (every file):
+        # give the kind its own endings so stray files are not offered as models.
+        paths = known.get(spec.kind, ([], set()))[0]
+        known[spec.kind] = (paths, set(spec.extensions))
+
+
+def models_root() -> Path:
+    """Root of the model folders when not hosted: ``$AVCONTROL_MODELS_DIR`` or ``./models``."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "models")
+
+
+def _kind_directories(kind: str) -> list[Path]:
+    """The directories searched for ``kind``, in priority order."""
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folders()
+        try:
+            return [Path(p) for p in fp.get_folder_paths(kind)]
+        except KeyError:
+            return []
+    return [models_root() / kind]
+
+
+def _find_hf_folders(directory: Path) -> list[str]:
+    """Folders under ``directory`` (recursive) holding a Hugging Face model, as posix paths
+    relative to ``directory``. A model folder is not searched further."""
+    found: list[str] = []
+    if not directory.is_dir():
+        return found
+    for dirpath, subdirs, filenames in os.walk(directory, followlinks=True):
+        current = Path(dirpath)
+        if current != directory and HF_MARKER in filenames:
+            found.append(current.relative_to(directory).as_posix())
+            subdirs[:] = []
+            continue
+        subdirs.sort()
+    return found
+
+
+def _list_files(directory: Path, extensions: Iterable[str]) -> list[str]:
+    exts = {e.lower() for e in extensions}
+    out: list[str] = []
+    if not directory.is_dir():
+        return out
+    for dirpath, subdirs, filenames in os.walk(directory, followlinks=True):
+        subdirs.sort()
+        for name in filenames:
+            if not exts or os.path.splitext(name)[1].lower() in exts:
+                out.append((Path(dirpath) / name).relative_to(directory).as_posix())
+    return out
+
+
+def _inside_any(entry: str, folders: Iterable[str]) -> bool:
+    return any(entry.startswith(folder + "/") for folder in folders)
+
+
+def list_models(kind: str) -> list[str]:
+    """Names of the models of ``kind``: relative posix paths, sorted, no duplicates.
+
+    Hosted: ComfyUI's ``folder_paths.get_filename_list(kind)``. Otherwise: the files under
+    ``$AVCONTROL_MODELS_DIR/<kind>/`` with a model file ending. For kinds that accept Hugging
+    Face folders (``text_encoders``) every folder holding a ``config.json`` is one entry, and the
+    files inside it (weight shards) are not listed separately.
+    """
+    spec = _folder_spec(kind)
+    directories = _kind_directories(kind)
+    fp = _folder_paths()
+    names: set[str] = set()
+    if fp is not None:
+        try:
+            names.update(str(n).replace(os.sep, "/") for n in fp.get_filename_list(kind))
+        except KeyError:
+            pass
+    else:
+        for directory in directories:
+            names.update(_list_files(directory, spec.extensions))
+    if spec.hf_folders:
+        hf = set()
+        for directory in directories:
+            hf.update(_find_hf_folders(directory))
+        names = {n for n in names if not _inside_any(n, hf)} | hf
+    return sorted(names)
+
+
+def _safe_relative(name: str) -> str:
+    """``name`` as a relative path that cannot leave its folder (what ComfyUI does)."""
+    return os.path.relpath(os.path.join("/", name), "/")
+
+
+def resolve_model(kind: str, name: str) -> Path:
+    """Full path of the model ``name`` of ``kind`` (a file, or a Hugging Face folder).
+
+    Raises FileNotFoundError naming the kind, the name and the folders searched.
+    """
+    if not name:
+        raise FileNotFoundError(f"no {kind} model selected (empty name)")
+    rel = _safe_relative(name)
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folders()
+        try:
+            full = fp.get_full_path(kind, rel)
+        except KeyError:
+            full = None
+        if full:
+            return Path(full)
+    directories = _kind_directories(kind)
+    for directory in directories:
+        candidate = directory / rel
+        if candidate.is_file() or candidate.is_dir():
+            return candidate
+    searched = ", ".join(str(d) for d in directories) or "(no folders registered)"
+    hint = (
+        f"put it in a '{kind}' model folder (ComfyUI models/{kind}, a folder listed for "
+        f"'{kind}' in extra_model_paths.yaml"
+        + ("" if fp is not None else f", or ${MODELS_DIR_ENV}/{kind}")
+        + ")"
+    )
+    raise FileNotFoundError(f"{kind} model '{name}' not found; searched: {searched}; {hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Output, progress, interruption, devices, memory
+# --------------------------------------------------------------------------------------------
+
+
+def output_directory() -> Path:
+    """Where outputs are written: ComfyUI's output folder, else ``$AVCONTROL_OUTPUT_DIR``,
+    else ``./output``. The folder is not created here."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_output_directory())
+    return Path(os.environ.get(OUTPUT_DIR_ENV) or "output")
+
+
+class Progress:
+    """Progress of one node's work: ``update(n=1)``; usable as a context manager.
+
+    Drives ComfyUI's progress bar (sent to the frontend over the websocket) when hosted,
+    otherwise a tqdm bar (or nothing when tqdm is missing).
+    """
+
+    def __init__(self, total: int, desc: str | None = None):
+        self.total = int(total)
+        self.n = 0
+        self._comfy = None
+        self._tqdm = None
+        cu = _comfy_utils()
+        if cu is not None:
+            self._comfy = cu.ProgressBar(self.total)
+        else:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self._tqdm = tqdm(total=self.total, desc=desc, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._comfy is not None:
+            self._comfy.update(n)
+        elif self._tqdm is not None:
+            self._tqdm.update(n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress_bar(total: int, desc: str | None = None) -> Progress:
+    """A progress bar over ``total`` steps (see Progress)."""
+    return Progress(total, desc=desc)
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interruption exception if the user pressed Cancel; no-op unhosted.
+
+    Call it between steps of any long loop."""
+    mm = _model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def torch_device():
+    """The device to compute on: ComfyUI's choice when hosted, else CUDA if available, else CPU."""
+    import torch
+
+    mm = _model_management()
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_host_memory(required_bytes: int | None, device=None) -> None:
+    """Ask ComfyUI to unload its own models so ``required_bytes`` fit on ``device`` before the
+    pack loads its own; ``None`` unloads everything. No-op without a host."""
+    mm = _model_management()
+    if mm is None:
+        return
+    if device is None:
+        device = mm.get_torch_device()
+    if required_bytes is None:
+        mm.unload_all_models()
+    else:
+        mm.free_memory(int(required_bytes), device)
+    soft_empty = getattr(mm, "soft_empty_cache", None)
+    if soft_empty is not None:
+        soft_empty()
