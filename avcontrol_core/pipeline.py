@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from .backbone import AVModel
 from .conditioning import PromptPair
+from .controls import ControlStack, build_references, check_controls, lora_stack
 from .errors import InputError
 from .guidance import Guidance
 from .latents import AVLatent
+from .lora import LoraStack, apply_loras
 from .sampling import SCHEDULES, sample, schedule
 
 
@@ -21,10 +23,14 @@ def run_sampler(
     steps: int,
     schedule_name: str,
     seed: int,
+    controls: ControlStack = (),
+    loras: LoraStack | None = None,
+    fuse_loras: bool = False,
     on_step: Callable[[int, int], None] | None = None,
     check_interrupted: Callable[[], None] | None = None,
 ) -> AVLatent:
-    """Check every input first (cheap), then denoise `latent`. Returns the clean latent."""
+    """Check every input first (cheap), then encode the controls' references, apply the LoRA stack (the controls'
+    LoRAs after `loras`) for the duration of the run, and denoise `latent`. Returns the clean latent."""
     guidance = guidance or Guidance()
     if schedule_name not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule_name!r}")
@@ -32,8 +38,12 @@ def run_sampler(
     if "uncond" in guidance.passes() and prompts.negative is None:
         raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
     sigmas = schedule(schedule_name, steps, int(latent.video[0, 0].numel()))
-    return sample(
-        model.transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
-        causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
-        on_step=on_step, check_interrupted=check_interrupted,
-    )
+    check_controls(controls, latent)
+    stack = lora_stack(controls, loras)
+    references = build_references(model, latent, controls)
+    with apply_loras(model.transformer, stack, fuse=fuse_loras):
+        return sample(
+            model.transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
+            causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
+            references=references, on_step=on_step, check_interrupted=check_interrupted,
+        )

@@ -18,6 +18,7 @@ from ltx_core.types import LatentState
 
 from .errors import InputError, require
 from .guidance import Guidance
+from .canvas import append_references
 from .latents import AVLatent, audio_state, unpatchify, video_state
 
 # Lightricks' distilled schedules (ltx-pipelines constants): 8 steps, and the 3-step refinement of stage two.
@@ -88,12 +89,14 @@ class Denoiser:
     def _modality(self, x: torch.Tensor, state: LatentState, sigma: torch.Tensor, context: torch.Tensor) -> Modality:
         n = len(self.passes)
         timesteps = (state.denoise_mask * sigma).squeeze(-1)
+        mask = state.attention_mask
         return Modality(
             latent=x.repeat(n, 1, 1).to(self.dtype),
             sigma=sigma.expand(x.shape[0] * n),
             timesteps=timesteps.repeat(n, 1),
             positions=state.positions.repeat(n, 1, 1, 1),
             context=context,
+            attention_mask=None if mask is None else mask.repeat(n, 1, 1),
         )
 
     @torch.inference_mode()
@@ -126,18 +129,22 @@ def sample(
     causal_positions: bool,
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
+    references: tuple = (),
     on_step: Callable[[int, int], None] | None = None,
     check_interrupted: Callable[[], None] | None = None,
 ) -> AVLatent:
     """Denoise `latent` along `sigmas`; returns the clean latent (masks reset to ones).
 
-    Deterministic for a given seed. `on_step(done, total)` runs after each step, `check_interrupted()` before it
-    (it raises to cancel)."""
+    `references` (canvas.VideoReference / AudioReference) join their stream's self-attention as clean tokens and
+    are stripped from the result. Deterministic for a given seed. `on_step(done, total)` runs after each step,
+    `check_interrupted()` before it (it raises to cancel)."""
     require(sigmas.ndim == 1 and len(sigmas) >= 2, "sigmas", "a 1-D schedule with at least 2 values", tuple(sigmas.shape))
     require(0 <= seed < 2**64, "seed", "an integer in [0, 2^64)", seed)
     device = torch.device(device)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     v_state, a_state = video_state(latent, causal_positions, device), audio_state(latent, device)
+    n_video, n_audio = v_state.latent.shape[1], a_state.latent.shape[1]
+    v_state, a_state = append_references(v_state, a_state, references, latent.fps, causal_positions)
     first = float(sigmas[0])
     xv, xa = initial_noise(v_state, generator, first), initial_noise(a_state, generator, first)
     denoise = Denoiser(transformer, guidance, positive, negative, latent.batch, dtype, device)
@@ -150,4 +157,4 @@ def sample(
         xv, xa = euler_step(xv, v_x0, sigma, sigma_next), euler_step(xa, a_x0, sigma, sigma_next)
         if on_step is not None:
             on_step(i + 1, total)
-    return unpatchify(latent, xv, xa)
+    return unpatchify(latent, xv[:, :n_video], xa[:, :n_audio])

@@ -1,5 +1,6 @@
 """ComfyUI nodes of the pack: thin wrappers over avcontrol_core, one module per family."""
 
+from .controls import CONTROL_NODES
 from .guidance import AVCGuidance
 from .latent import AVCEmptyLatent, AVCImageToVideo
 from .loaders import AVCModelLoader, AVCTextEncoderLoader
@@ -17,6 +18,7 @@ _NODES = {
     "AVCSampler": (AVCSampler, "AVControl Sampler"),
     "AVCDecode": (AVCDecode, "AVControl Decode (video + audio)"),
     "AVCSaveVideo": (AVCSaveVideo, "AVControl Save Video (mp4 + audio)"),
+    **CONTROL_NODES,
 }
 
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}

@@ -7,6 +7,9 @@ TEXT_ENCODER = "AVC_TEXT_ENCODER"  # the Gemma prompt encoder bound to a checkpo
 CONDITIONING = "AVC_CONDITIONING"  # avcontrol_core.conditioning.PromptPair (positive + negative contexts)
 LATENT = "AVC_LATENT"  # avcontrol_core.latents.AVLatent
 GUIDANCE = "AVC_GUIDANCE"  # avcontrol_core.guidance.Guidance
+CONTROLS = "AVC_CONTROLS"  # tuple of avcontrol_core.controls.Control
+LORAS = "AVC_LORAS"  # avcontrol_core.lora.LoraStack
+CURVE = "AVC_CURVE"  # {"values": float tensor (T,), "rate": values per second, "label": str}
 
 DTYPE_CHOICES = ["bf16", "fp16", "fp32"]
 DEVICE_CHOICES = ["auto", "cuda", "cpu"]

@@ -8,29 +8,42 @@ from pathlib import Path
 from . import host
 from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, category
 
-_CACHE_SIZE = 2
-_cache: OrderedDict[tuple, object] = OrderedDict()
+class _LRU:
+    """The last few loaded objects, so re-queuing a graph does not reload weights from disk."""
+
+    def __init__(self, size: int):
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, key: tuple, build):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = build()
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
 
 
-def _cached(key: tuple, build):
-    """Keep the last few loaded models, so re-queuing a graph does not reload weights from disk."""
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    value = build()
-    _cache[key] = value
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
-    return value
+_models = _LRU(2)  # an LTX-2 model and its text encoder are tens of GB: keep only the current pair
+_loras = _LRU(16)  # LoRAs are small
 
 
 def clear_cache() -> None:
-    _cache.clear()
+    _models.items.clear()
+    _loras.items.clear()
 
 
 def _file_key(path: Path) -> tuple:
     stat = path.stat()
     return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def cached_lora(path: Path):
+    """A LoRA file read once per (path, mtime) and shared by every node that names it."""
+    from ..avcontrol_core.lora import read_lora
+
+    return _loras.get(_file_key(path), lambda: read_lora(path))
 
 
 def resolve_device(name: str):
@@ -73,7 +86,7 @@ class AVCModelLoader:
         path = host.resolve_model("checkpoints", ckpt_name)
         dev = resolve_device(device)
         host.free_host_memory(path.stat().st_size, dev)
-        return (_cached(("model", _file_key(path), dtype, str(dev)), lambda: load_model(path, dev, dtype)),)
+        return (_models.get(("model", _file_key(path), dtype, str(dev)), lambda: load_model(path, dev, dtype)),)
 
 
 class AVCTextEncoderLoader:
@@ -107,4 +120,4 @@ class AVCTextEncoderLoader:
         path = host.resolve_model("text_encoders", text_encoder)
         dev = resolve_device(device)
         key = ("text", str(path.resolve()), _file_key(Path(model.path)), dtype, str(dev))
-        return (_cached(key, lambda: load_prompt_encoder(path, model.path, model.config, dev, dtype)),)
+        return (_models.get(key, lambda: load_prompt_encoder(path, model.path, model.config, dev, dtype)),)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import host
-from .common import CONDITIONING, GUIDANCE, LATENT, MODEL, category
+from .common import CONDITIONING, CONTROLS, GUIDANCE, LATENT, LORAS, MODEL, category
 
 
 class AVCSampler:
@@ -24,10 +24,17 @@ class AVCSampler:
                 "schedule": (["ltx2", "distilled", "distilled_stage2"], {"default": "ltx2", "tooltip":
                     "ltx2: token-count-shifted schedule of the full model. distilled: the distilled model's fixed "
                     "8 steps (use guidance scales of 1). distilled_stage2: its 3-step refinement."}),
+                "lora_mode": (["runtime", "fuse"], {"default": "runtime", "tooltip":
+                    "runtime: LoRAs are added on the fly (strengths change freely, a little slower per step). "
+                    "fuse: merged into the weights for this run (faster steps; costs a copy of the touched "
+                    "weights while sampling). The loaded model is unchanged afterwards either way."}),
             },
             "optional": {
                 "guidance": (GUIDANCE, {"tooltip": "Per-stream guidance. Without it: no guidance (one pass per "
                                         "step), right for the distilled model."}),
+                "controls": (CONTROLS, {"tooltip": "Control stack from AVControl control nodes: references on "
+                                        "the parallel canvas and their LoRAs."}),
+                "loras": (LORAS, {"tooltip": "Plain LoRAs (Load AVControl LoRA), e.g. the distilled LoRA."}),
             },
         }
 
@@ -37,13 +44,14 @@ class AVCSampler:
     CATEGORY = category("sampling")
     DESCRIPTION = "Generate video and its sound together."
 
-    def run(self, model, conditioning, latent, seed, steps, schedule, guidance=None):
+    def run(self, model, conditioning, latent, seed, steps, schedule, lora_mode="runtime", guidance=None,
+            controls=None, loras=None):
         from ..avcontrol_core.pipeline import run_sampler
         from ..avcontrol_core.sampling import step_count
 
         bar = host.progress_bar(step_count(schedule, steps))
         out = run_sampler(
             model, conditioning, latent, guidance, steps=steps, schedule_name=schedule, seed=seed,
-            on_step=lambda done, total: bar.update(1), check_interrupted=host.check_interrupted,
+            controls=tuple(controls or ()), loras=loras, fuse_loras=lora_mode == "fuse", on_step=lambda done, total: bar.update(1), check_interrupted=host.check_interrupted,
         )
         return (out,)

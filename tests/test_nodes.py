@@ -57,7 +57,7 @@ def test_text_to_audio_video_through_the_nodes(nodes, loaded, tmp_path):
     (guidance,) = nodes["AVCGuidance"].build(
         "1", video_cfg=3.0, video_stg=1.0, video_modality_scale=3.0, video_rescale=0.7,
         audio_cfg=7.0, audio_stg=1.0, audio_modality_scale=3.0, audio_rescale=0.7)
-    (sampled,) = nodes["AVCSampler"].run(model, cond, latent, 7, 2, "ltx2", guidance)
+    (sampled,) = nodes["AVCSampler"].run(model, cond, latent, 7, 2, "ltx2", guidance=guidance)
     images, audio, fps = nodes["AVCDecode"].decode(model, sampled, False, 512, 64, 64)
     assert images.shape == (17, 96, 64, 3) and fps == 25.0
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
@@ -117,7 +117,7 @@ def test_sampler_checks_guidance_before_running(nodes, loaded):
         "29", video_cfg=3.0, video_stg=1.0, video_modality_scale=1.0, video_rescale=0.0,
         audio_cfg=1.0, audio_stg=0.0, audio_modality_scale=1.0, audio_rescale=0.0)
     with pytest.raises(InputError, match=re.escape("stg_blocks must be block indices below the model's 2 layers")):
-        nodes["AVCSampler"].run(model, cond, latent, 0, 2, "ltx2", guidance)
+        nodes["AVCSampler"].run(model, cond, latent, 0, 2, "ltx2", guidance=guidance)
 
 
 def test_save_refuses_odd_frames_without_leaving_a_file(nodes, tmp_path):
