@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from ltx_core.types import AudioLatentShape
 
 from .backbone import AVModel
 from .canvas import AudioReference, VideoReference
 from .conditioning import check_image, fit_image
 from .errors import InputError, require
-from .latents import AUDIO_LATENTS_PER_SECOND, AVLatent
+from .latents import AUDIO_LATENTS_PER_SECOND, AVLatent, audio_positions
 from .lora import LoraFile, LoraStack
 
 KINDS = ("video", "image", "audio", "lora")
@@ -89,11 +90,12 @@ def lora_stack(controls: ControlStack, base: LoraStack | None = None) -> LoraSta
     return stack
 
 
-def downscale_of(control: Control) -> int:
-    """The control's canvas factor: the node's, unless 0; a node factor that contradicts its LoRA is an error."""
+def downscale_of(control: Control, default: int = 1) -> int:
+    """The control's canvas factor: the node's, unless 0 (then its LoRA's, else the run's `default`, the factor
+    declared by the run's other LoRAs); a node factor that contradicts its LoRA is an error."""
     declared = control.lora.reference_downscale_factor if control.lora is not None else None
     if control.downscale == 0:
-        return declared or 1
+        return declared or default
     if declared not in (None, 1) and declared != control.downscale:
         raise InputError(f"{control.label}: downscale {control.downscale} conflicts with its LoRA "
                          f"{control.lora.name}, trained with reference_downscale_factor {declared}")
@@ -108,13 +110,13 @@ def _resample_frames(frames: torch.Tensor, count: int, source_fps: float | None,
     return frames[idx]
 
 
-def check_controls(controls: ControlStack, latent: AVLatent) -> None:
+def check_controls(controls: ControlStack, latent: AVLatent, default_downscale: int = 1) -> None:
     """Cheap checks of every control against the target, before any encoding."""
     lora_stack(controls).reference_downscale_factor  # noqa: B018 - conflicting LoRA factors
     for c in controls:
         if c.kind in ("audio", "lora"):
             continue
-        k = downscale_of(c)
+        k = downscale_of(c, default_downscale)
         w, h = latent.width // k, latent.height // k
         if latent.width % (32 * k) or latent.height % (32 * k):
             raise InputError(f"{c.label}: downscale {k} needs a target size divisible by {32 * k}, "
@@ -158,9 +160,9 @@ def _encode_audio(model: AVModel, audio: dict, seconds: float | None) -> torch.T
     return encode_audio(Audio(waveform=wave.to(model.device), sampling_rate=rate), encoder).float().cpu()
 
 
-def build_references(model: AVModel, latent: AVLatent, controls: ControlStack) -> tuple:
+def build_references(model: AVModel, latent: AVLatent, controls: ControlStack, default_downscale: int = 1) -> tuple:
     """Encode every control into a canvas reference, adapting it to the target as its `fit` says."""
-    check_controls(controls, latent)
+    check_controls(controls, latent, default_downscale)
     refs = []
     for c in controls:
         if c.inert() or c.kind == "lora":
@@ -174,28 +176,38 @@ def build_references(model: AVModel, latent: AVLatent, controls: ControlStack) -
             z = _encode_audio(model, c.media, seconds)
             if seconds is not None:
                 z = _fit_audio_latent(z, latent.audio.shape[2])
-            offset = 0.0 if seconds is not None else -(z.shape[2] / AUDIO_LATENTS_PER_SECOND) - AUDIO_GAP_SECONDS
+            # 'before': shift the reference so its last token's end bound lies AUDIO_GAP_SECONDS before 0
+            offset = 0.0 if seconds is not None else -_audio_end(z) - AUDIO_GAP_SECONDS
             refs.append(AudioReference(z, offset, c.strength, _attention(c, z.shape[2], AUDIO_LATENTS_PER_SECOND),
                                        c.label))
             continue
-        k = downscale_of(c)
+        k = downscale_of(c, default_downscale)
         frames = c.media
         if c.kind == "video":
             frames = _resample_frames(frames, latent.frames, c.source_fps, latent.fps)
         z = _encode_frames(model, frames[:1] if c.kind == "image" else frames, latent.width // k, latent.height // k)
-        attention = _attention(c, latent.frames, latent.fps)
+        if c.kind == "image":  # one frame: a curve over time is read at the image's own time
+            attention = _attention(c, 1, latent.fps, start=c.frame_index / latent.fps)
+        else:
+            attention = _attention(c, latent.frames, latent.fps)
         refs.append(VideoReference(z, k, c.frame_index if c.kind == "image" else 0, c.strength, attention, c.label))
     return tuple(refs)
 
 
-def _attention(control: Control, count: int, rate: float) -> float | torch.Tensor:
-    """The control's attention weight; a curve over time is read at `count` times spaced 1/`rate` s."""
+def _attention(control: Control, count: int, rate: float, start: float = 0.0) -> float | torch.Tensor:
+    """The control's attention weight; a curve over time is read at `count` times spaced 1/`rate` s from `start`."""
     w = control.attention
     if not isinstance(w, dict):
         return w
     values = torch.as_tensor(w["values"]).float().flatten()
-    idx = (torch.arange(count) / rate * float(w["rate"])).round().long().clamp(0, values.numel() - 1)
+    idx = ((start + torch.arange(count) / rate) * float(w["rate"])).round().long().clamp(0, values.numel() - 1)
     return (values[idx] * float(w.get("scale", 1.0))).clamp(0, 1)
+
+
+def _audio_end(z: torch.Tensor) -> float:
+    """End bound (seconds) of the last token of an audio latent placed at 0 (causal bounds end 0.03 s before
+    frames / 25)."""
+    return float(audio_positions(AudioLatentShape.from_torch_shape(z.shape))[0, 0, -1, 1])
 
 
 def _fit_audio_latent(z: torch.Tensor, frames: int) -> torch.Tensor:

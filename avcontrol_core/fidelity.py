@@ -6,6 +6,10 @@
    from the other stream's sigma (its maximum timestep). 1.0.0 uses the other stream's sigma for both, which is
    wrong whenever tokens carry different timesteps (image-to-video, every reference at t=0).
 
+Also, for speed only (bit-identical): the [0, 1] self-attention weight mask becomes its additive log bias with one
+`torch.where` instead of 1.0.0's boolean indexing, which built int64 indices for every entry of the dense mask on
+every forward (most of a weighted reference run's time and memory).
+
 Installed per model instance (no installed file is edited): `align_with_current_source(model)`.
 """
 
@@ -59,10 +63,22 @@ class AlignedCrossModalPreprocessor(MultiModalTransformerArgsPreprocessor):
         )
 
 
+def self_attention_bias(attention_mask: torch.Tensor | None, x_dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, T, T) weights in [0, 1] -> (B, 1, T, T) additive bias: log(w), and the dtype's minimum where w = 0."""
+    if attention_mask is None:
+        return None
+    finfo = torch.finfo(x_dtype)
+    logs = torch.log(attention_mask.clamp(min=finfo.tiny)).to(x_dtype)
+    return torch.where(attention_mask > 0, logs, torch.full((), finfo.min, dtype=x_dtype)).unsqueeze(1)
+
+
 def align_with_current_source(model: torch.nn.Module) -> torch.nn.Module:
     """Swap the audio/video argument preprocessors of an ltx-core LTXModel for the aligned ones (idempotent)."""
     for name in ("video_args_preprocessor", "audio_args_preprocessor"):
         pre = getattr(model, name, None)
         if isinstance(pre, MultiModalTransformerArgsPreprocessor) and not isinstance(pre, AlignedCrossModalPreprocessor):
             setattr(model, name, AlignedCrossModalPreprocessor.wrap(pre))
+        pre = getattr(model, name, None)
+        if pre is not None:
+            pre.simple_preprocessor._prepare_self_attention_mask = self_attention_bias
     return model

@@ -303,3 +303,35 @@ def load_image(path) -> torch.Tensor:
         frame = next(container.decode(video=0))
         rgb = frame.to_ndarray(format="rgb24")
     return torch.from_numpy(rgb).float().div(255.0)[None]
+
+
+def write_image(path, image: torch.Tensor) -> Path:
+    """One IMAGE frame [H, W, 3] (or [1, H, W, 3]) in 0..1 as a PNG."""
+    image = torch.as_tensor(image)
+    image = image[0] if image.ndim == 4 else image
+    rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def write_audio(path, audio: dict) -> Path:
+    """The first clip of an AUDIO as 16-bit PCM WAV at its own rate."""
+    wave, sr = check_audio(audio)
+    layout = "mono" if wave.shape[0] == 1 else "stereo"
+    pcm = (np.clip(wave, -1, 1) * 32767).round().astype(np.int16)
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=sr, layout=layout)
+        frame = av.AudioFrame.from_ndarray(pcm.T.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)

@@ -54,11 +54,28 @@ def step_count(kind: str, steps: int) -> int:
     return len(fixed[kind]) - 1 if kind in fixed else steps
 
 
-def initial_noise(state: LatentState, generator: torch.Generator, noise_scale: float) -> torch.Tensor:
+def initial_noise(state: LatentState, generator: torch.Generator, noise_scale: float,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
     """x = noise * m*s + clean * (1 - m*s) with m the denoise mask and s the first sigma (ltx-core's noiser)."""
-    noise = torch.randn(state.latent.shape, generator=generator, dtype=torch.float32).to(state.latent.device)
+    if noise is None:
+        noise = torch.randn(state.latent.shape, generator=generator, dtype=torch.float32)
+    noise = noise.to(state.latent.device)
     scaled = state.denoise_mask * noise_scale
     return noise * scaled + state.clean_latent * (1 - scaled)
+
+
+def draw_noise(states: tuple[LatentState, ...], targets: tuple[int, ...], generator: torch.Generator
+               ) -> list[torch.Tensor]:
+    """Noise for each stream's state: every stream's target tokens first, then the appended references', so adding a
+    reference never changes the noise of the generated tokens (of either stream, at any batch size). Without
+    references this is the same draw as one randn per stream."""
+    def draw(state: LatentState, lo: int, hi: int) -> torch.Tensor:
+        b, _, c = state.latent.shape
+        return torch.randn((b, hi - lo, c), generator=generator, dtype=torch.float32)
+
+    heads = [draw(s, 0, n) for s, n in zip(states, targets)]
+    tails = [draw(s, n, s.latent.shape[1]) if s.latent.shape[1] > n else None for s, n in zip(states, targets)]
+    return [h if t is None else torch.cat([h, t], 1) for h, t in zip(heads, tails)]
 
 
 def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
@@ -146,7 +163,8 @@ def sample(
     n_video, n_audio = v_state.latent.shape[1], a_state.latent.shape[1]
     v_state, a_state = append_references(v_state, a_state, references, latent.fps, causal_positions)
     first = float(sigmas[0])
-    xv, xa = initial_noise(v_state, generator, first), initial_noise(a_state, generator, first)
+    noise_v, noise_a = draw_noise((v_state, a_state), (n_video, n_audio), generator)
+    xv, xa = initial_noise(v_state, generator, first, noise_v), initial_noise(a_state, generator, first, noise_a)
     denoise = Denoiser(transformer, guidance, positive, negative, latent.batch, dtype, device)
     total = len(sigmas) - 1
     for i in range(total):

@@ -18,6 +18,8 @@ from . import checkpoint as ckpt
 
 TINY_CHECKPOINT = "avcontrol-tiny-{version}.safetensors"
 TINY_GEMMA_DIR = "avcontrol-tiny-gemma"
+TINY_LORA = "avcontrol-tiny-ic-lora-ref0.5.safetensors"
+TINY_DEPTH_DIR = "avcontrol-tiny-depth-anything"
 
 _FIXED_TRANSFORMER = {
     # values ltx-core's configurator checks
@@ -142,10 +144,50 @@ def write_tiny_checkpoint(path: str | Path, version: str = "ltx2", seed: int = 0
     return path
 
 
+def write_tiny_lora(path: str | Path, version: str = "ltx2", rank: int = 4, downscale: int = 2, seed: int = 1) -> Path:
+    """A random control LoRA (ComfyUI / ltx-trainer key layout) over every attention projection of the tiny
+    transformer, declaring `reference_downscale_factor` in its metadata like Lightricks' IC-LoRAs."""
+    from .backbone import COMPONENTS
+
+    configurator = COMPONENTS["transformer"][0]
+    with torch.device("meta"):
+        model = configurator.from_config(tiny_config(version))
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attn1.to_" in f".{name}":
+            out_f, in_f = module.weight.shape
+            state[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(rank, in_f, generator=generator) / in_f**0.5
+            state[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(out_f, rank, generator=generator) * 0.1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"reference_downscale_factor": str(downscale)})
+    return path
+
+
+def write_tiny_depth_anything(folder: str | Path) -> Path:
+    """A random-weight Depth Anything (transformers) folder with the real processor settings at a small size."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+                                 head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(do_resize=True, size={"height": 126, "width": 126}, keep_aspect_ratio=True,
+                      ensure_multiple_of=14, resample=3, do_rescale=True, do_normalize=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return Path(folder)
+
+
 def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), seed: int = 0) -> dict[str, Path]:
     """Lay out tiny model files the way ComfyUI's models folder holds them; returns their paths.
 
-    root/checkpoints/avcontrol-tiny-<version>.safetensors and root/text_encoders/avcontrol-tiny-gemma/ (an HF folder).
+    root/checkpoints/avcontrol-tiny-<version>.safetensors, root/text_encoders/avcontrol-tiny-gemma/ (an HF folder)
+    root/loras/avcontrol-tiny-ic-lora-ref0.5.safetensors (a control LoRA for the first version) and
+    root/depth_models/avcontrol-tiny-depth-anything/ (a depth preprocessor).
     Files already present are kept (same seed gives the same bytes), so repeated calls are cheap.
     """
     from . import tiny_text
@@ -163,4 +205,12 @@ def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), s
     if not (gemma / "config.json").exists():
         tiny_text.write_tiny_gemma_folder(gemma)
     paths["gemma"] = gemma
+    lora = root / "loras" / TINY_LORA
+    if not lora.exists():
+        write_tiny_lora(lora, versions[0])
+    paths["lora"] = lora
+    depth = root / "depth_models" / TINY_DEPTH_DIR
+    if not (depth / "config.json").exists():
+        write_tiny_depth_anything(depth)
+    paths["depth"] = depth
     return paths

@@ -8,35 +8,76 @@ from pathlib import Path
 import pytest
 import torch
 
-from avcontrol_core.media import load_image, probe_mp4
+from avcontrol_core.media import load_audio, load_image, probe_mp4, read_mp4
 from tests.workflow_format import check_pair, read_json, run_api_workflow
-from tests.workflow_tiny import class_input_spec, tinify
+from tests.workflow_tiny import class_input_spec, tinify, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
 
 
-class LoadImageFromInput:
-    """ComfyUI's core LoadImage cannot run outside ComfyUI; this reads the same file into the same IMAGE layout
-    ([1, H, W, 3] float 0..1) from a folder. Inside a real ComfyUI (tests/integration) the core node runs."""
+class _CoreStandIn:
+    """ComfyUI's core loaders cannot run outside ComfyUI; these read the same files from a folder into the same
+    data layout (IMAGE [B, H, W, 3], AUDIO dict, VIDEO components). Inside a real ComfyUI (tests/integration) the
+    core nodes themselves run."""
 
-    folder: Path
+    folder: Path = Path(".")
 
+
+class LoadImage(_CoreStandIn):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("STRING", {})}}
 
-    RETURN_TYPES = ("IMAGE", "MASK")
-    FUNCTION = "load"
+    RETURN_TYPES, FUNCTION = ("IMAGE", "MASK"), "load"
 
     def load(self, image):
         img = load_image(self.folder / image)
         return img, torch.zeros(img.shape[:3])  # no alpha channel: an empty mask, as LoadImage gives
 
 
+class LoadAudio(_CoreStandIn):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": ("STRING", {})}}
+
+    RETURN_TYPES, FUNCTION = ("AUDIO",), "load"
+
+    def load(self, audio):
+        return (load_audio(self.folder / audio),)
+
+
+class LoadVideo(_CoreStandIn):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": ("STRING", {})}}
+
+    RETURN_TYPES, FUNCTION = ("VIDEO",), "load"
+
+    def load(self, file):
+        return (self.folder / file,)
+
+
+class GetVideoComponents:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO", {})}}
+
+    RETURN_TYPES, FUNCTION = ("IMAGE", "AUDIO", "FLOAT", "INT", "COMBO"), "split"
+
+    def split(self, video):
+        images, fps, audio = read_mp4(video)
+        return images, audio, fps, 8, "bt709"
+
+
+CORE = {c.__name__: c for c in (LoadImage, LoadAudio, LoadVideo, GetVideoComponents)}
+
+
 def test_workflows_exist():
     names = {p.name for p in API_WORKFLOWS}
-    assert {"text_to_audio_video_api.json", "image_to_audio_video_api.json"} <= names
+    assert {"text_to_audio_video_api.json", "image_to_audio_video_api.json", "depth_control_api.json",
+            "pose_control_api.json", "inpainting_control_api.json", "audio_intensity_control_api.json",
+            "depth_and_voice_control_api.json"} <= names
 
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
@@ -46,26 +87,14 @@ def test_ui_and_api_twins_agree(api_path):
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypatch):
-    import av
-    import numpy as np
-
     from tests.workflow_format import pack_node_classes
 
     monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
     monkeypatch.setenv("AVCONTROL_OUTPUT_DIR", str(tmp_path / "out"))
-    classes = {**pack_node_classes(), "LoadImage": LoadImageFromInput}
-    LoadImageFromInput.folder = tmp_path
+    classes = {**pack_node_classes(), **CORE}
+    _CoreStandIn.folder = tmp_path
     api = tinify(read_json(api_path), class_input_spec(classes))
-    for node in api.values():
-        if node["class_type"] == "LoadImage":  # a real PNG through a real codec
-            rgb = (np.random.default_rng(0).random((80, 96, 3)) * 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            with av.open(str(tmp_path / node["inputs"]["image"]), "w", format="image2") as out:
-                stream = out.add_stream("png")
-                stream.width, stream.height, stream.pix_fmt = 96, 80, "rgb24"
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-                out.mux(stream.encode())
+    write_inputs(api, tmp_path)
     results = run_api_workflow(api, classes)
     saved = [out[0] for nid, out in results.items() if api[nid]["class_type"] == "AVCSaveVideo"]
     assert len(saved) == 1

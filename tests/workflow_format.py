@@ -319,6 +319,11 @@ CORE_NODE_INFO: dict[str, dict] = {
         "input": {"required": {"file": ["COMBO", {"options": [], "video_upload": True}]}},
         "output": ["VIDEO"], "output_name": ["VIDEO"], "display_name": "Load Video",
     },
+    "GetVideoComponents": {
+        "input": {"required": {"video": ["VIDEO"]}},
+        "output": ["IMAGE", "AUDIO", "FLOAT", "INT", "COMBO"],
+        "output_name": ["images", "audio", "fps", "bit_depth", "color_space"], "display_name": "Get Video Components",
+    },
     "SaveImage": {
         "input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
                   "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}},

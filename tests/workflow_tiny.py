@@ -10,7 +10,10 @@ from typing import Any
 from tests.workflow_format import is_link
 
 # small sizes, 2 steps, and an STG block the 2-layer tiny transformer has
-TINY_OVERRIDES = {"width": 64, "height": 64, "frames": 9, "steps": 2, "stg_blocks": "1"}
+INPUT_NODES = {"LoadImage": "image", "LoadVideo": "file", "LoadAudio": "audio"}
+TINY_OVERRIDES = {"width": 64, "height": 64, "frames": 9, "steps": 2, "stg_blocks": "1",
+                  "x": 16, "y": 16,  # mask boxes inside the 64x64 frame
+                  "model": "avcontrol-tiny-depth-anything"}  # the depth preprocessor's model choice
 
 
 def combo_options(spec: dict, name: str) -> list | None:
@@ -30,6 +33,8 @@ def tinify(api: dict, input_spec: Callable[[str], dict], overrides: dict | None 
     overrides = {**TINY_OVERRIDES, **(overrides or {})}
     api = json.loads(json.dumps(api))
     for node_id, node in api.items():
+        if node["class_type"] in INPUT_NODES:  # their files are written by write_inputs
+            continue
         spec = input_spec(node["class_type"])
         for name, value in list(node["inputs"].items()):
             if is_link(value):
@@ -51,3 +56,42 @@ def class_input_spec(node_classes: dict[str, Any]) -> Callable[[str], dict]:
         return {**(types.get("required") or {}), **(types.get("optional") or {})}
 
     return spec
+
+
+
+def write_inputs(api: dict, folder, size: tuple[int, int] = (96, 80), frames: int = 12, fps: float = 24.0) -> list:
+    """Real media files for the Load* core nodes of a workflow, written with real codecs into `folder`
+    (ComfyUI's input directory): a PNG, an mp4 with a moving square and a tone, a wav with a rising tone."""
+    import math
+    from pathlib import Path
+
+    import torch
+
+    from avcontrol_core.media import write_mp4, write_image, write_audio
+
+    folder = Path(folder)
+    written = []
+    w, h = size
+    for node in api.values():
+        key = INPUT_NODES.get(node["class_type"])
+        name = node["inputs"].get(key) if key else None
+        if not isinstance(name, str) or (folder / name).exists():
+            continue
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        t = torch.arange(frames)[:, None, None]
+        y, x = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+        square = ((x - 4 * t - 10).abs() < 12) & ((y - h // 2).abs() < 12)
+        clip = torch.stack([square.float(), (x / w).expand(frames, h, w), (y / h).expand(frames, h, w)], -1)
+        seconds = frames / fps
+        n = round(seconds * 16000)
+        tone = torch.sin(2 * math.pi * torch.linspace(220, 660, n).cumsum(0) / 16000) * torch.linspace(0.1, 0.8, n)
+        audio = {"waveform": tone[None, None].float(), "sample_rate": 16000}
+        if node["class_type"] == "LoadImage":
+            write_image(target, clip[0])
+        elif node["class_type"] == "LoadVideo":
+            write_mp4(target, clip, fps, audio)
+        else:
+            write_audio(target, audio)
+        written.append(target)
+    return written

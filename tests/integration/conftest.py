@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.workflow_tiny import tinify
+from tests.workflow_tiny import tinify, write_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -385,30 +385,9 @@ class ComfyServer:
 
         return tinify(api, spec, overrides)
 
-    def write_input_images(self, api: dict, size: tuple[int, int] = (64, 64)) -> None:
-        """Create the images LoadImage nodes ask for (a copy from the repo when one exists)."""
-        from PIL import Image
-
-        for node in api.values():
-            if node["class_type"] != "LoadImage":
-                continue
-            name = node["inputs"].get("image")
-            if not isinstance(name, str):
-                continue
-            target = self.input_dir / name
-            if target.exists():
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shipped = [p for p in (REPO / "workflows").rglob(Path(name).name) if p.is_file()]
-            if shipped:
-                target.write_bytes(shipped[0].read_bytes())
-                continue
-            w, h = size
-            image = Image.new("RGB", (w, h))
-            image.putdata([(int(255 * x / max(1, w - 1)), int(255 * y / max(1, h - 1)), 128)
-                           for y in range(h) for x in range(w)])
-            image.save(target)
-
+    def write_input_images(self, api: dict) -> None:
+        """Create the files the Load* core nodes ask for in the server's input folder (tests/workflow_tiny.py)."""
+        write_inputs(api, self.input_dir)
 
     @staticmethod
     def expected_frames_fps(api: dict) -> tuple[int | None, float | None]:

@@ -1,0 +1,303 @@
+"""Controls -> canvas references: fitting references to the target (refuse or resample), keyframe and audio placement,
+the small-to-large factor from LoRA metadata or the node (conflicts refused), batches, and strength 0 = off.
+
+Runs the real tiny LTX-2 model (fp32, CPU) and its VAEs; LoRA files are written into tmp_path with safetensors and
+read by the real reader. The transformer's inputs are recorded with a forward pre-hook."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from avcontrol_core import controls, latents, sampling
+from avcontrol_core.canvas import AudioReference, VideoReference
+from avcontrol_core.conditioning import PromptPair
+from avcontrol_core.controls import Control, build_references, check_controls, downscale_of
+from avcontrol_core.errors import InputError
+from avcontrol_core.guidance import Guidance
+from avcontrol_core.lora import read_lora
+from avcontrol_core.pipeline import run_sampler
+
+W, H, FRAMES, FPS = 64, 64, 17, 24.0
+NV, NA = 3 * 2 * 2, 18
+
+
+def clip(n: int = FRAMES, h: int = H, w: int = W, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def numbered(n: int) -> torch.Tensor:
+    """Frames whose every pixel holds the frame's index / 100, so a picked frame can be read back."""
+    return (torch.arange(n, dtype=torch.float32) / 100).view(n, 1, 1, 1).expand(n, H, W, 3).clone()
+
+
+def sound(seconds: float, rate: int = 16000, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"waveform": 0.3 * torch.randn(1, 2, round(seconds * rate), generator=g), "sample_rate": rate}
+
+
+def write_lora(path, factor: str | None, seed: int = 0):
+    """A one-module LoRA on the tiny transformer's first self-attention query, optionally declaring its factor."""
+    g = torch.Generator().manual_seed(seed)
+    key = "diffusion_model.transformer_blocks.0.attn1.to_q"
+    tensors = {f"{key}.lora_A.weight": torch.randn(4, 64, generator=g) / 8,
+               f"{key}.lora_B.weight": torch.randn(64, 4, generator=g) / 8}
+    save_file(tensors, str(path), metadata=None if factor is None else {"reference_downscale_factor": factor})
+    return read_lora(path)
+
+
+@pytest.fixture
+def loras(tmp_path):
+    return {name: write_lora(tmp_path / f"{name}.safetensors", factor, seed=i)
+            for i, (name, factor) in enumerate((("plain", None), ("half", "2"), ("half_b", "2.0"), ("quarter", "4")))}
+
+
+@contextlib.contextmanager
+def recorded(transformer):
+    calls = []
+
+    def hook(_m, _args, kwargs):
+        calls.append((kwargs["video"], kwargs["audio"]))
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@pytest.fixture
+def no_encoding(monkeypatch):
+    """Fail loudly if anything reaches a VAE encoder (checks must come first)."""
+
+    def refuse(*_a, **_k):
+        raise AssertionError("encoded before every check had run")
+
+    monkeypatch.setattr(controls, "_encode_frames", refuse)
+    monkeypatch.setattr(controls, "_encode_audio", refuse)
+
+
+@pytest.fixture
+def encoded_frames(monkeypatch):
+    """Record what reaches the video encoder (frames, width, height) and return a random latent of the right size."""
+    seen = []
+
+    def fake(_model, frames, width, height):
+        seen.append((frames.clone(), width, height))
+        return torch.randn(1, 128, (frames.shape[0] - 1) // 8 + 1, height // 32, width // 32)
+
+    monkeypatch.setattr(controls, "_encode_frames", fake)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def target():
+    return latents.empty_latent(W, H, FRAMES, FPS)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model, make_context):
+    return PromptPair(make_context(tiny_model, seed=1), None)
+
+
+def sample(model, prompts, latent, refs):
+    sigmas = torch.tensor([1.0, 0.0])
+    return sampling.sample(model.transformer, latent, prompts.positive, None, Guidance(), sigmas, 0,
+                           causal_positions=True, dtype=model.dtype, references=refs)
+
+
+# --- encoding onto the target grid --------------------------------------------------------------------------------
+
+
+def test_video_control_becomes_a_reference_on_the_target_grid(tiny_model, target):
+    ref, = build_references(tiny_model, target, (Control("depth", "video", clip(), strength=0.8, attention=0.5),))
+    assert isinstance(ref, VideoReference)
+    assert ref.latent.shape == (1, 128, 3, 2, 2) and torch.isfinite(ref.latent).all()
+    assert (ref.downscale, ref.frame_offset, ref.strength, ref.attention, ref.label) == (1, 0, 0.8, 0.5, "depth")
+
+
+# --- fit: refuse or resample ---------------------------------------------------------------------------------------
+
+MISMATCHES = {
+    "length": (dict(media=clip(13)), "reference has 13 frames, the clip 17"),
+    "fps": (dict(media=clip(), source_fps=30.0), "reference is 30 fps, the clip 24 fps"),
+    "size": (dict(media=clip(w=96)), "reference is 96x64, expected 64x64"),
+    "downscaled size": (dict(media=clip(), downscale=2), "reference is 64x64, expected 32x32"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISMATCHES))
+def test_fit_error_refuses_a_mismatched_reference_before_encoding(tiny_model, target, no_encoding, name):
+    changes, message = MISMATCHES[name]
+    control = Control(f"pose ({name})", "video", fit="error", **changes)
+    for check in (lambda: check_controls((control,), target), lambda: build_references(tiny_model, target, (control,))):
+        with pytest.raises(InputError) as err:
+            check()
+        assert f"pose ({name})" in str(err.value) and message in str(err.value) and "resample" in str(err.value)
+
+
+def test_fit_error_accepts_a_matching_reference(target, no_encoding):
+    check_controls((Control("pose", "video", clip(), fit="error", source_fps=24.0),
+                    Control("pose small", "video", clip(h=32, w=32), fit="error", downscale=2),
+                    Control("face", "image", clip(1), fit="error", frame_index=16)), target)
+
+
+def test_fit_error_refuses_audio_of_another_length_before_encoding(tiny_model, target, no_encoding):
+    control = Control("sound", "audio", sound(1.0), fit="error")
+    with pytest.raises(InputError, match=r"sound: reference audio lasts 1\.00 s, the clip 0\.71 s"):
+        build_references(tiny_model, target, (control,))
+
+
+def test_fit_resample_picks_source_frames_by_time(tiny_model, target, encoded_frames):
+    """30 fps -> 24 fps: target frame i at i/24 s takes the source frame shown then, floor(i * 30 / 24)."""
+    build_references(tiny_model, target, (Control("depth", "video", numbered(24), source_fps=30.0),))
+    frames, width, height = encoded_frames[0]
+    picked = [round(float(f[0, 0, 0]) * 100) for f in frames]
+    assert picked == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20]
+    assert (width, height) == (W, H)
+
+
+def test_fit_resample_holds_the_last_frame_of_a_short_source(tiny_model, target, encoded_frames):
+    build_references(tiny_model, target, (Control("depth", "video", numbered(10)),))  # same fps, 10 of 17 frames
+    picked = [round(float(f[0, 0, 0]) * 100) for f in encoded_frames[0][0]]
+    assert picked == list(range(10)) + [9] * 7
+
+
+def test_fit_resample_adapts_size_with_the_real_encoder(tiny_model, target):
+    ref, = build_references(tiny_model, target, (Control("edges", "video", clip(25, h=48, w=80)),))
+    assert ref.latent.shape == (1, 128, 3, 2, 2)
+
+
+# --- image and audio placement ----------------------------------------------------------------------------------------
+
+
+def test_image_control_sits_at_its_frame_index(tiny_model, prompts, target):
+    control = Control("face", "image", clip(1), frame_index=8,
+                      attention={"values": [1.0, 1.0, 0.3, 1.0], "rate": 4.0})  # read at 8/24 s -> index 1.33 -> 1
+    ref, = build_references(tiny_model, target, (control,))
+    assert ref.latent.shape == (1, 128, 1, 2, 2) and ref.frame_offset == 8
+    with recorded(tiny_model.transformer) as calls:
+        sample(tiny_model, prompts, target, (ref,))
+    time = calls[0][0].positions[0, 0, NV:]
+    torch.testing.assert_close(time, torch.tensor([8 / FPS, 16 / FPS]).expand(4, 2), rtol=0, atol=1e-7)
+    # a curve over time is read at the image's own time (8/24 s), not at the clip's start
+    late = Control("face", "image", clip(1), frame_index=12, attention={"values": [1.0, 1.0, 0.3, 1.0], "rate": 4.0})
+    ref, = build_references(tiny_model, target, (late,))  # 12/24 s * 4 = index 2
+    torch.testing.assert_close(ref.attention, torch.tensor([0.3]))
+
+
+def test_image_frame_index_outside_the_clip_is_refused(target, no_encoding):
+    with pytest.raises(InputError, match="face: frame_index must be between 0 and 16, got 17"):
+        check_controls((Control("face", "image", clip(1), frame_index=17),), target)
+
+
+def test_aligned_audio_reference_has_the_target_audio_positions(tiny_model, prompts, target):
+    ref, = build_references(tiny_model, target, (Control("song", "audio", sound(FRAMES / FPS)),))
+    assert isinstance(ref, AudioReference) and ref.time_offset == 0.0 and ref.latent.shape == (1, 8, NA, 16)
+    with recorded(tiny_model.transformer) as calls:
+        sample(tiny_model, prompts, target, (ref,))
+    pos = calls[0][1].positions[0, 0]
+    assert pos.shape == (2 * NA, 2) and torch.equal(pos[NA:], pos[:NA])
+
+
+def test_audio_reference_before_the_clip_ends_0_04_s_before_it(tiny_model, prompts, target):
+    """'before': the reference keeps its own spacing and its last token's end bound lies 0.04 s before 0 (as
+    Lightricks' pipelines place a reference voice); a 1 s voice on a 0.7 s clip is fine (length is free)."""
+    ref, = build_references(tiny_model, target, (Control("voice", "audio", sound(1.0), audio_placement="before",
+                                                          fit="error"),))
+    with recorded(tiny_model.transformer) as calls:
+        sample(tiny_model, prompts, target, (ref,))
+    pos = calls[0][1].positions[0, 0]
+    own = pos[NA:]
+    assert own.shape[0] == ref.latent.shape[2] >= 25
+    assert float(own[-1, 1]) == pytest.approx(-0.04, abs=1e-6)
+    assert bool((own < 0).all())
+    alone = latents.audio_positions(latents.AudioLatentShape.from_torch_shape(ref.latent.shape))[0, 0]
+    torch.testing.assert_close(own - own[-1, 1], alone - alone[-1, 1], rtol=0, atol=1e-5)
+
+
+# --- small-to-large factor: LoRA metadata, node, conflicts ----------------------------------------------------------
+
+
+def test_lora_metadata_gives_the_factor_unless_the_node_sets_it(loras):
+    media = clip()
+    assert downscale_of(Control("a", "video", media)) == 1
+    assert downscale_of(Control("a", "video", media, lora=loras["plain"])) == 1
+    assert downscale_of(Control("a", "video", media, lora=loras["half"])) == 2
+    assert downscale_of(Control("a", "video", media, lora=loras["half"], downscale=2)) == 2
+    assert downscale_of(Control("a", "video", media, lora=loras["plain"], downscale=4)) == 4
+    assert downscale_of(Control("a", "video", media, downscale=4)) == 4
+
+
+def test_node_downscale_contradicting_its_lora_is_refused(loras, target, no_encoding):
+    control = Control("pose", "video", clip(), lora=loras["half"], downscale=4)
+    with pytest.raises(InputError, match=r"pose: downscale 4 conflicts with its LoRA half\.safetensors, trained with "
+                                         r"reference_downscale_factor 2"):
+        check_controls((control,), target)
+
+
+def test_two_loras_declaring_different_factors_are_refused_before_encoding(tiny_model, prompts, loras, target,
+                                                                          no_encoding):
+    stack = (Control("pose", "video", clip(), lora=loras["half"]),
+             Control("depth", "video", clip(), lora=loras["quarter"]))
+    with pytest.raises(InputError, match=r"conflicting reference_downscale_factor.*half\.safetensors=2.*"
+                                         r"quarter\.safetensors=4"):
+        check_controls(stack, target)
+    with pytest.raises(InputError, match="conflicting reference_downscale_factor"):
+        run_sampler(tiny_model, prompts, target, None, steps=1, schedule_name="ltx2", seed=0, controls=stack)
+    # the same factor written two ways is no conflict; a LoRA without the key declares nothing
+    check_controls((Control("a", "video", clip(h=32, w=32), lora=loras["half"]),
+                    Control("b", "video", clip(h=32, w=32), lora=loras["half_b"]),
+                    Control("c", "video", clip(), lora=loras["plain"], downscale=1)), target)
+
+
+@pytest.mark.parametrize("size, k", [((96, 64), 2), ((64, 64), 4), ((128, 96), 4)])
+def test_downscale_that_does_not_divide_the_target_is_refused_naming_the_control(size, k, no_encoding):
+    latent = latents.empty_latent(*size, FRAMES, FPS)
+    with pytest.raises(InputError) as err:
+        check_controls((Control("camera path", "video", clip(), downscale=k),), latent)
+    assert str(err.value).startswith(f"camera path: downscale {k} needs a target size divisible by {32 * k}")
+
+
+def test_lora_factor_shapes_the_canvas_in_a_full_run(tiny_model, prompts, loras):
+    """run_sampler end to end: a control whose LoRA declares 2 (node on 'from LoRA') is encoded at half size, joins
+    with 4x fewer tokens and positions covering the whole 128x128 target."""
+    latent = latents.empty_latent(128, 128, FRAMES, FPS)
+    n = 3 * 4 * 4
+    with recorded(tiny_model.transformer) as calls:
+        out = run_sampler(tiny_model, prompts, latent, None, steps=1, schedule_name="ltx2", seed=0,
+                          controls=(Control("pose", "video", clip(), lora=loras["half"]),))
+    video = calls[0][0]
+    assert video.latent.shape[1] == n + n // 4
+    ref = video.positions[0, :, n:]
+    assert float(ref[1].max()) == float(ref[2].max()) == 128.0 and float(ref[1:, :, 1].min()) == 64.0
+    assert out.video.shape == latent.video.shape
+
+
+# --- off means off; batches -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("off", [dict(strength=0.0), dict(attention=0.0), dict(attention=torch.zeros(H, W)),
+                                 dict(attention={"values": [1.0], "rate": 1.0, "scale": 0.0})])
+def test_a_control_that_is_off_changes_nothing_lora_included(tiny_model, prompts, loras, target, no_encoding, off):
+    plain = run_sampler(tiny_model, prompts, target, None, steps=2, schedule_name="ltx2", seed=3)
+    control = Control("depth", "video", clip(), lora=loras["plain"], **off)
+    out = run_sampler(tiny_model, prompts, target, None, steps=2, schedule_name="ltx2", seed=3, controls=(control,))
+    assert torch.equal(out.video, plain.video) and torch.equal(out.audio, plain.audio)
+
+
+def test_batch_of_two_clips_shares_the_references(tiny_model, prompts, make_context):
+    latent = latents.empty_latent(W, H, FRAMES, FPS, batch=2)
+    prompts2 = PromptPair(make_context(tiny_model, batch=2, seed=5), None)
+    stack = (Control("depth", "video", clip()), Control("song", "audio", sound(FRAMES / FPS)))
+    with recorded(tiny_model.transformer) as calls:
+        out = run_sampler(tiny_model, prompts2, latent, None, steps=1, schedule_name="ltx2", seed=0, controls=stack)
+    video, audio = calls[0]
+    assert video.latent.shape == (2, 2 * NV, 128) and audio.latent.shape == (2, 2 * NA, 128)
+    assert torch.equal(video.latent[0, NV:], video.latent[1, NV:])
+    assert torch.equal(audio.latent[0, NA:], audio.latent[1, NA:])
+    assert out.video.shape == (2, 128, 3, 2, 2) and out.audio.shape == (2, 8, NA, 16)
+    assert not torch.equal(out.video[0], out.video[1])  # two clips, not one copied
