@@ -12,8 +12,9 @@ from tests.workflow_format import is_link
 # small sizes, 2 steps, and an STG block the 2-layer tiny transformer has
 INPUT_NODES = {"LoadImage": "image", "LoadVideo": "file", "LoadAudio": "audio"}
 TINY_OVERRIDES = {"width": 64, "height": 64, "frames": 9, "steps": 2, "stg_blocks": "1",
-                  "x": 16, "y": 16,  # mask boxes inside the 64x64 frame
-                  "model": "avcontrol-tiny-depth-anything"}  # the depth preprocessor's model choice
+                  # class-qualified: only that node's input
+                  "AVCMaskFromBox.x": 16, "AVCMaskFromBox.y": 16,  # the box inside the 64x64 frame
+                  "AVCDepthMap.model": "avcontrol-tiny-depth-anything"}
 
 
 def combo_options(spec: dict, name: str) -> list | None:
@@ -39,8 +40,9 @@ def tinify(api: dict, input_spec: Callable[[str], dict], overrides: dict | None 
         for name, value in list(node["inputs"].items()):
             if is_link(value):
                 continue
-            if name in overrides:
-                node["inputs"][name] = overrides[name]
+            qualified = f"{node['class_type']}.{name}"
+            if qualified in overrides or name in overrides:
+                node["inputs"][name] = overrides.get(qualified, overrides.get(name))
                 continue
             options = combo_options(spec, name)
             if options and value not in options:
