@@ -7,6 +7,8 @@ explicit key comparison that names what is missing or unexpected, and placed on 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,11 @@ from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
 
 from . import checkpoint as ckpt
+from . import kernels
 from .errors import InputError
 from .fidelity import align_with_current_source
+from .offload import BlockSwap, block_bytes, empty_cache, fixed_bytes, free_device_bytes
+from .offload_plan import GIB, Plan, plan_block_swap
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -45,15 +50,20 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def build_component(
-    path: str | Path, config: dict, component: str, device: torch.device | str, dtype: torch.dtype
+    path: str | Path, config: dict, component: str, device: torch.device | str, dtype: torch.dtype,
+    weights: str = "default",
 ) -> torch.nn.Module:
-    """Build one component from the checkpoint, refusing any key or shape mismatch."""
+    """Build one component from the checkpoint, refusing any key or shape mismatch.
+
+    weights="fp8" (transformer only): the blocks' Linear weights stored as fp8 and upcast per layer for compute
+    (ltx-core's fp8 cast); tensors are converted on the host before they reach `device`."""
     configurator, prefixes, exclude = COMPONENTS[component]
     path = Path(path)
+    fp8 = weights == "fp8" and component == "transformer"
     with torch.device("meta"):
         module = configurator.from_config(config)
     expected = module.state_dict()
-    tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device=device)
+    tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if fp8 else device)
     ckpt.check_keys(path.name, component, expected.keys(), tensors.keys())
     wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items() if t.shape != expected[k].shape]
     if wrong:
@@ -63,8 +73,12 @@ def build_component(
             tensors[name] = value.float()
         elif value.is_floating_point():
             tensors[name] = value.to(dtype)
+        if fp8:
+            tensors[name] = kernels.fp8_storage(name, tensors[name]).to(device)
     module.load_state_dict(tensors, strict=True, assign=True)
     _materialize_buffers(module, device)
+    if fp8:
+        module = kernels.upcast_for_compute(module)
     return module.eval().requires_grad_(False)
 
 
@@ -80,28 +94,89 @@ def _materialize_buffers(module: torch.nn.Module, device: torch.device | str) ->
         raise InputError(f"model tensors left uninitialised after loading: {ckpt._short(left)}")
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How the transformer is stored and run; the defaults are plain bf16/fp16/fp32, everything resident.
+
+    weights: "default" (the model dtype) or "fp8" (blocks' Linear weights stored as float8_e4m3fn, upcast per layer).
+    offload_budget_gb: 0 keeps everything resident on the device; > 0 caps what the model holds on the GPU while
+    sampling (block swap streams the transformer blocks that do not fit from host memory), and loads the text
+    encoder, VAEs and vocoder only for their step.
+    compile: torch.compile each transformer block. attention: "auto" or a kernel name (kernels.ATTENTION)."""
+
+    weights: str = "default"
+    offload_budget_gb: float = 0.0
+    compile: bool = False
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.weights not in kernels.WEIGHTS:
+            raise InputError(f"weights must be one of {kernels.WEIGHTS}, got {self.weights!r}")
+        budget = self.offload_budget_gb
+        if not isinstance(budget, (int, float)) or not math.isfinite(budget) or not 0 <= budget <= 4096:
+            raise InputError(f"offload_budget_gb must be a number of GB between 0 and 4096 (0: no offloading), "
+                             f"got {budget!r}")
+        if self.attention not in kernels.ATTENTION:
+            raise InputError(f"attention must be one of {kernels.ATTENTION}, got {self.attention!r}")
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.offload_budget_gb * GIB)
+
+    def offloads(self) -> bool:
+        return self.offload_budget_gb > 0
+
+    def enabled(self) -> bool:
+        return self != ModelOptions()
+
+
+STEP_COMPONENTS = tuple(name for name in COMPONENTS if name != "transformer")
+
+
 @dataclass
 class AVModel:
     """An LTX-2 checkpoint and the components built from it, loaded lazily and cached.
 
-    `device` and `dtype` are explicit; components are built on first use. `release(name)` drops one (e.g. the VAEs
-    after decoding), so later offloading policies can plug in here.
-    """
+    `device` and `dtype` are explicit; components are built on first use. `release(name)` drops one.
+    With an offload budget (`options.offload_budget_gb` > 0) the transformer lives in host memory and
+    `transformer_for_run()` places it by a block-swap plan; VAEs and vocoder are loaded one at a time for their step
+    (loading one parks the transformer and drops the others; placing the transformer drops them all).
+    `release_all()` gives back everything held on the device (the host's "free memory" calls it).
+    `on_device_request(nbytes)`, when set (by the node layer), runs before device memory is claimed, so the host
+    can unload its own models first."""
 
     path: Path
     config: dict
     version: str
     device: torch.device
     dtype: torch.dtype
+    options: ModelOptions = field(default_factory=ModelOptions)
+    on_device_request: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
     _cache: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
+    _swap: BlockSwap | None = field(default=None, repr=False)
+    attention_kernel: str = field(default="", repr=False)
 
     def component(self, name: str) -> torch.nn.Module:
         if name not in self._cache:
-            module = build_component(self.path, self.config, name, self.device, self.dtype)
+            offloads = self.options.offloads()
+            if offloads and name != "transformer":
+                self.park()
+                self._drop(STEP_COMPONENTS)
+            home = "cpu" if offloads and name == "transformer" else self.device
+            weights = self.options.weights if name == "transformer" else "default"
+            module = build_component(self.path, self.config, name, home, self.dtype, weights)
             if name == "transformer":
-                module = align_with_current_source(module)
+                module = self._prepare_transformer(module)
             self._cache[name] = module
         return self._cache[name]
+
+    def _prepare_transformer(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = align_with_current_source(module)
+        self.attention_kernel, kernel = kernels.resolve_attention(self.options.attention, self.device)
+        kernels.set_attention(module, kernel)
+        if self.options.compile:
+            kernels.compile_blocks(module)
+        return module
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -111,15 +186,64 @@ class AVModel:
     def causal_temporal_positions(self) -> bool:
         return ckpt.causal_temporal_positions(self.config)
 
+    @property
+    def plan(self) -> Plan | None:
+        """The block-swap plan in place, if any."""
+        return self._swap.plan if self._swap is not None else None
+
+    def transformer_for_run(self, activation_bytes: int) -> torch.nn.Module:
+        """The transformer ready to run on the device: as built without a budget; with one, placed by the block-swap
+        plan for min(budget, free memory) and `activation_bytes` (kept when the plan is unchanged)."""
+        transformer = self.transformer
+        if not self.options.offloads():
+            return transformer
+        self._drop(STEP_COMPONENTS)
+        blocks, fixed = block_bytes(transformer), fixed_bytes(transformer)
+        if self.on_device_request is not None and self.device.type != "cpu":
+            held = self._swap.device_bytes() if self._swap is not None else 0
+            self.on_device_request(max(0, min(self.options.budget_bytes, fixed + sum(blocks) + activation_bytes) - held))
+        free = free_device_bytes(self.device)
+        if self._swap is not None:
+            free += self._swap.device_bytes()
+        plan = plan_block_swap(blocks, fixed, self.options.budget_bytes, free, activation_bytes)
+        if self._swap is not None and (self._swap.plan.resident, self._swap.plan.slots) == (plan.resident, plan.slots):
+            return transformer
+        self.park()
+        self._swap = BlockSwap(transformer, plan, self.device).install()
+        return transformer
+
+    def park(self) -> None:
+        """Take the transformer's device share home (block swap removed); a no-op without a budget."""
+        if self._swap is not None:
+            self._swap.remove()
+            self._swap = None
+
     def release(self, *names: str) -> None:
-        for name in names or tuple(self._cache):
+        """Drop the named components (all when none is named); they are rebuilt from the file on next use."""
+        self._drop(names or tuple(self._cache))
+
+    def _drop(self, names) -> None:
+        for name in names:
+            if name == "transformer":
+                self.park()
             self._cache.pop(name, None)
+
+    def release_all(self) -> None:
+        """Give back what the model holds on its device: VAEs, vocoder and encoders are dropped; the transformer goes
+        home to host memory with a budget, or is dropped (rebuilt from the file on next use) when it was resident on
+        an accelerator. On the CPU the transformer stays."""
+        self.park()
+        self._drop(STEP_COMPONENTS)
+        if self.device.type != "cpu" and not self.options.offloads():
+            self._drop(("transformer",))
+        empty_cache(self.device)
 
     def loaded(self) -> list[str]:
         return sorted(self._cache)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "bf16") -> AVModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "bf16",
+               options: ModelOptions | None = None) -> AVModel:
     """Open an LTX-2 / LTX-2.3 checkpoint: read and check its config now, build components on first use.
 
     The transformer is built (and its keys checked) immediately, so a wrong file fails here, not mid-run.
@@ -132,6 +256,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         version=ckpt.detect_version(config),
         device=torch.device(device),
         dtype=parse_dtype(dtype),
+        options=options or ModelOptions(),
     )
     model.component("transformer")
     return model

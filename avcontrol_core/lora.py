@@ -264,17 +264,20 @@ def _stacked(entries: list[tuple[LoraWeights, float, str]], device: torch.device
 
 
 class _RuntimeDelta:
-    """The forward hook of one Linear: output + B(A(x)), with A and B kept per activation dtype (cast once)."""
+    """The forward hook of one Linear: output + B(A(x)), with A and B kept per activation dtype and device (moved
+    once): a block streamed by block swap keeps its weights on the host while its activations are on the GPU."""
 
     def __init__(self, down: torch.Tensor, up: torch.Tensor):
-        self.by_dtype = {down.dtype: (down, up)}
+        self.pairs = {(down.dtype, down.device): (down, up)}
 
     def __call__(self, _module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
-        pair = self.by_dtype.get(x.dtype)
+        key = (x.dtype, x.device)
+        pair = self.pairs.get(key)
         if pair is None:
-            first = next(iter(self.by_dtype.values()))
-            pair = self.by_dtype[x.dtype] = (first[0].to(x.dtype), first[1].to(x.dtype))
+            first = next(iter(self.pairs.values()))
+            pair = self.pairs[key] = (first[0].to(device=x.device, dtype=x.dtype),
+                                      first[1].to(device=x.device, dtype=x.dtype))
         return output + F.linear(F.linear(x, pair[0]), pair[1])
 
 

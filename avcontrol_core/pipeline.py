@@ -11,6 +11,7 @@ from .errors import InputError
 from .guidance import Guidance
 from .latents import AVLatent
 from .lora import LoraStack, apply_loras
+from .offload import oom_guard, run_activation_bytes, sampling_hints
 from .sampling import SCHEDULES, sample, schedule
 
 
@@ -30,7 +31,10 @@ def run_sampler(
     check_interrupted: Callable[[], None] | None = None,
 ) -> AVLatent:
     """Check every input first (cheap), then encode the controls' references, apply the LoRA stack (the controls'
-    LoRAs after `loras`) for the duration of the run, and denoise `latent`. Returns the clean latent."""
+    LoRAs after `loras`) for the duration of the run, and denoise `latent`. Returns the clean latent.
+
+    With an offload budget the transformer is placed by its block-swap plan first. Running out of GPU memory raises
+    offload.GPUMemoryError naming the settings to lower, after the model released what it held on the GPU."""
     guidance = guidance or Guidance()
     if schedule_name not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule_name!r}")
@@ -38,12 +42,18 @@ def run_sampler(
     if "uncond" in guidance.passes() and prompts.negative is None:
         raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
     sigmas = schedule(schedule_name, steps, int(latent.video[0, 0].numel()))
-    check_controls(controls, latent)
     stack = lora_stack(controls, loras)
-    references = build_references(model, latent, controls)
-    with apply_loras(model.transformer, stack, fuse=fuse_loras):
-        return sample(
-            model.transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
-            causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
-            references=references, on_step=on_step, check_interrupted=check_interrupted,
-        )
+    factor = stack.reference_downscale_factor  # two LoRAs of one run declaring different factors: an error
+    check_controls(controls, latent, factor)
+    size = f"sampling {latent.width}x{latent.height}x{latent.frames} with its audio"
+    with oom_guard(model, size, lambda: sampling_hints(model.options, latent, fuse_loras, model.plan)):
+        references = build_references(model, latent, controls, factor)
+        rows = latent.batch * len(guidance.passes())
+        transformer = model.transformer_for_run(
+            run_activation_bytes(model.config, latent, rows, model.dtype, references))
+        with apply_loras(transformer, stack, fuse=fuse_loras):
+            return sample(
+                transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
+                causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
+                references=references, on_step=on_step, check_interrupted=check_interrupted,
+            )

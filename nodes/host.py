@@ -26,6 +26,7 @@ __all__ = [
     "check_interrupted",
     "free_host_memory",
     "is_hosted",
+    "on_host_free",
     "list_models",
     "models_root",
     "output_directory",
@@ -67,6 +68,10 @@ MODEL_FOLDERS: tuple[ModelFolder, ...] = (
     ModelFolder("text_encoders", hf_folders=True),
     ModelFolder("loras"),
     ModelFolder("latent_upscale_models"),
+    ModelFolder("annotators"),  # controlnet-aux files: MiDaS, ZoeDepth, OpenPose (lllyasviel/Annotators)
+    ModelFolder("depth_models", hf_folders=True),  # transformers depth folders (Depth Anything V2)
+    ModelFolder("dwpose", extensions=frozenset({".onnx"})),  # yolox_l.onnx + dw-ll_ucoco_384.onnx
+    ModelFolder("demucs", extensions=frozenset({".th", ".safetensors", ".yaml"})),  # audio demixing (CDX23)
 )
 
 _FOLDERS_BY_KIND = {f.kind: f for f in MODEL_FOLDERS}
@@ -346,15 +351,62 @@ def torch_device():
 def free_host_memory(required_bytes: int | None, device=None) -> None:
     """Ask ComfyUI to unload its own models so ``required_bytes`` fit on ``device`` before the
     pack loads its own; ``None`` unloads everything. No-op without a host."""
+    global _asking
     mm = _model_management()
     if mm is None:
         return
     if device is None:
         device = mm.get_torch_device()
-    if required_bytes is None:
-        mm.unload_all_models()
-    else:
-        mm.free_memory(int(required_bytes), device)
+    _asking = True  # our own request must not make ComfyUI's free_memory release our models (on_host_free)
+    try:
+        if required_bytes is None:
+            mm.unload_all_models()
+        else:
+            mm.free_memory(int(required_bytes), device)
+    finally:
+        _asking = False
     soft_empty = getattr(mm, "soft_empty_cache", None)
     if soft_empty is not None:
         soft_empty()
+
+
+_free_callbacks: list = []
+_asking = False
+
+
+def on_host_free(callback) -> None:
+    """Call ``callback()`` whenever ComfyUI frees device memory for something else and its own
+    unloading left too little: POST /free (``unload_models`` / ``free_memory``, which run
+    ``unload_all_models``), the Unload Models menu, and ComfyUI loading one of its own models.
+
+    ComfyUI has no registry for outside memory users, so the first call wraps
+    ``comfy.model_management.free_memory`` (``unload_all_models`` calls it for every device):
+    the original runs first; if less than the requested memory is free afterwards, the
+    callbacks run and the cache is emptied. Requests the pack makes itself
+    (``free_host_memory``) never trigger them. Idempotent; a no-op without a host."""
+    if callback not in _free_callbacks:
+        _free_callbacks.append(callback)
+    mm = _model_management()
+    if mm is None or getattr(mm.free_memory, "_avcontrol_wrapped", False):
+        return
+    original = mm.free_memory
+
+    def free_memory(memory_required, device, *args, **kwargs):
+        result = original(memory_required, device, *args, **kwargs)
+        if _asking or not _free_callbacks:
+            return result
+        try:
+            short = device is None or mm.get_free_memory(device) < memory_required
+        except Exception:  # noqa: BLE001 -- a device ComfyUI cannot measure: be generous
+            short = True
+        if short:
+            for cb in list(_free_callbacks):
+                cb()
+            soft_empty = getattr(mm, "soft_empty_cache", None)
+            if soft_empty is not None:
+                soft_empty()
+        return result
+
+    free_memory._avcontrol_wrapped = True
+    free_memory.__wrapped__ = original
+    mm.free_memory = free_memory

@@ -8,8 +8,13 @@ from pathlib import Path
 from . import host
 from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, category
 
+WEIGHT_CHOICES = ["default", "fp8 (e4m3)"]
+ATTENTION_CHOICES = ["auto", "sdpa", "xformers", "flash_attention_3"]  # avcontrol_core.kernels.ATTENTION
+
+
 class _LRU:
-    """The last few loaded objects, so re-queuing a graph does not reload weights from disk."""
+    """The last few loaded objects, so re-queuing a graph does not reload weights from disk. An evicted model gives
+    back its device memory at once (ComfyUI may still hold the object in its output cache)."""
 
     def __init__(self, size: int):
         self.size, self.items = size, OrderedDict()
@@ -21,8 +26,24 @@ class _LRU:
         value = build()
         self.items[key] = value
         while len(self.items) > self.size:
-            self.items.popitem(last=False)
+            _release(self.items.popitem(last=False)[1])
         return value
+
+
+def _release(value) -> None:
+    """Give back the device memory an AVModel or a step-scoped text encoder holds (they stay usable)."""
+    for method in ("release_all", "release"):
+        if callable(getattr(type(value), method, None)):
+            getattr(value, method)()
+            return
+
+
+def release_cached_models() -> None:
+    """What ComfyUI's "free memory" (POST /free, Unload Models, its own loads running short) calls, through
+    host.on_host_free: every cached model gives back its device memory. The models stay cached and usable: a budgeted
+    transformer waits in host memory, a resident one is rebuilt from its file on next use."""
+    for value in list(_models.items.values()):
+        _release(value)
 
 
 _models = _LRU(2)  # an LTX-2 model and its text encoder are tens of GB: keep only the current pair
@@ -71,7 +92,33 @@ class AVCModelLoader:
                     "fp32 doubles memory; use it on CPU or for debugging."}),
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip":
                     "Where the model runs. auto: ComfyUI's device (your GPU)."}),
-            }
+            },
+            # optional, so API-format workflows saved before these existed keep validating (ComfyUI refuses a
+            # prompt that lacks a required input); the defaults are the behaviour from before
+            "optional": {
+                "weights": (WEIGHT_CHOICES, {"default": "default", "tooltip":
+                    "default: weights in the dtype above. fp8 (e4m3): the transformer blocks' attention and "
+                    "feed-forward weights stored in 8 bits and upcast per layer for compute (ltx-core's fp8 cast). "
+                    "Saves: the 19B transformer drops from ~35 to ~18 GB, and block swap streams half the bytes. "
+                    "Costs: an upcast per layer (a little slower when everything fits anyway) and fp8 rounding "
+                    "(small changes in the output)."}),
+                "offload_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
+                    "tooltip": "GPU memory the model may use while sampling, in GB. 0: everything stays on the GPU "
+                    "(fastest; the 19B transformer needs ~35 GB at bf16 plus activations). Above 0: the transformer "
+                    "blocks that do not fit stream from pinned host memory while the GPU computes (the GPU share is "
+                    "picked from this budget and the free memory), and the text encoder, VAEs and vocoder are on "
+                    "the GPU only for their step. Saves GPU memory; costs host RAM (the whole transformer) and "
+                    "some speed when the copies outrun the compute. Too small for one block is refused with the "
+                    "minimum named."}),
+                "compile": ("BOOLEAN", {"default": False, "tooltip":
+                    "torch.compile each transformer block. Saves time per step on long runs; costs a compile on "
+                    "the first step of every new size (tens of seconds to minutes) and needs a working Triton / "
+                    "C++ toolchain."}),
+                "attention": (ATTENTION_CHOICES, {"default": "auto", "tooltip":
+                    "Attention kernel. auto: the fastest installed (FlashAttention 3 on Hopper GPUs, else xformers, "
+                    "else PyTorch SDPA). sdpa: PyTorch's own (always available). xformers / flash_attention_3: only "
+                    "if that package is installed (an error says what is). Same results up to rounding."}),
+            },
         }
 
     RETURN_TYPES = (MODEL,)
@@ -80,13 +127,24 @@ class AVCModelLoader:
     CATEGORY = category("loaders")
     DESCRIPTION = "Load an LTX-2 audio+video checkpoint. Refuses files of other models, with the reason."
 
-    def load(self, ckpt_name, dtype, device):
-        from ..avcontrol_core.backbone import load_model
+    def load(self, ckpt_name, dtype, device, weights="default", offload_budget_gb=0.0, compile=False,
+             attention="auto"):
+        from ..avcontrol_core.backbone import ModelOptions, load_model
 
+        options = ModelOptions(weights="fp8" if weights.startswith("fp8") else weights,
+                               offload_budget_gb=float(offload_budget_gb), compile=bool(compile), attention=attention)
         path = host.resolve_model("checkpoints", ckpt_name)
         dev = resolve_device(device)
-        host.free_host_memory(path.stat().st_size, dev)
-        return (_models.get(("model", _file_key(path), dtype, str(dev)), lambda: load_model(path, dev, dtype)),)
+        host.on_host_free(release_cached_models)
+        if not options.offloads():  # with a budget the model loads into host memory; room is made when it runs
+            host.free_host_memory(path.stat().st_size, dev)
+
+        def build():
+            model = load_model(path, dev, dtype, options)
+            model.on_device_request = lambda nbytes: host.free_host_memory(nbytes, dev)
+            return model
+
+        return (_models.get(("model", _file_key(path), dtype, str(dev), options), build),)
 
 
 class AVCTextEncoderLoader:
@@ -119,5 +177,24 @@ class AVCTextEncoderLoader:
 
         path = host.resolve_model("text_encoders", text_encoder)
         dev = resolve_device(device)
-        key = ("text", str(path.resolve()), _file_key(Path(model.path)), dtype, str(dev))
-        return (_models.get(key, lambda: load_prompt_encoder(path, model.path, model.config, dev, dtype)),)
+        step_scoped = model.options.offloads() and dev.type != "cpu"
+        key = ("text", str(path.resolve()), _file_key(Path(model.path)), dtype, str(dev), step_scoped)
+        if not step_scoped:
+            return (_models.get(key, lambda: load_prompt_encoder(path, model.path, model.config, dev, dtype)),)
+        return (_models.get(key, lambda: _step_scoped_encoder(model, path, dev, dtype)),)
+
+
+def _step_scoped_encoder(model, path: Path, dev, dtype):
+    """With an offload budget: Gemma waits in host memory and visits the GPU only while encoding, after the
+    transformer was parked and ComfyUI asked to make room."""
+    from ..avcontrol_core.offload import OnDeviceForStep, tensor_bytes
+    from ..avcontrol_core.text_encoder import load_prompt_encoder
+
+    encoder = load_prompt_encoder(path, model.path, model.config, "cpu", dtype)
+    nbytes = tensor_bytes(encoder.gemma.model) + tensor_bytes(encoder.processor)
+
+    def make_room(n: int) -> None:
+        model.park()
+        host.free_host_memory(n, dev)
+
+    return OnDeviceForStep(encoder, dev, "encode", before=make_room, nbytes=nbytes)
