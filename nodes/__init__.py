@@ -5,6 +5,10 @@ from .guidance import AVCGuidance
 from .latent import AVCEmptyLatent, AVCImageToVideo
 from .loaders import AVCModelLoader, AVCTextEncoderLoader
 from .output import AVCDecode, AVCSaveVideo
+from .preprocess_audio import (AVCAudioDemix, AVCAudioEnvelope, AVCAudioOnsets, AVCSelectSpeaker, AVCSpeechActivity,
+                               AVCWhoIsTalking)
+from .preprocess_visual import (AVCCannyEdges, AVCDepthMap, AVCDWPose, AVCFillMasked, AVCFitClip, AVCMaskFromBox,
+                                AVCMaskFromThreshold, AVCMediaPipePose, AVCOpenpose, AVCOutpaintPad, AVCSoftEdges)
 from .prompt import AVCPromptEncode
 from .sampler import AVCSampler
 
@@ -18,6 +22,23 @@ _NODES = {
     "AVCSampler": (AVCSampler, "AVControl Sampler"),
     "AVCDecode": (AVCDecode, "AVControl Decode (video + audio)"),
     "AVCSaveVideo": (AVCSaveVideo, "AVControl Save Video (mp4 + audio)"),
+    "AVCAudioDemix": (AVCAudioDemix, "AVControl Demix Audio (speech / effects / music)"),
+    "AVCAudioEnvelope": (AVCAudioEnvelope, "AVControl Audio Intensity Envelope (25/s)"),
+    "AVCAudioOnsets": (AVCAudioOnsets, "AVControl Audio Onsets"),
+    "AVCSpeechActivity": (AVCSpeechActivity, "AVControl Speech Activity (silero-vad)"),
+    "AVCWhoIsTalking": (AVCWhoIsTalking, "AVControl Who Is Talking"),
+    "AVCSelectSpeaker": (AVCSelectSpeaker, "AVControl Select Speaker"),
+    "AVCCannyEdges": (AVCCannyEdges, "AVControl Canny Edges"),
+    "AVCSoftEdges": (AVCSoftEdges, "AVControl Soft Edges (Sobel)"),
+    "AVCDepthMap": (AVCDepthMap, "AVControl Depth Map (Depth Anything / MiDaS / ZoeDepth)"),
+    "AVCDWPose": (AVCDWPose, "AVControl Pose: DWPose (ONNX)"),
+    "AVCOpenpose": (AVCOpenpose, "AVControl Pose: OpenPose"),
+    "AVCMediaPipePose": (AVCMediaPipePose, "AVControl Pose: MediaPipe (CPU)"),
+    "AVCMaskFromBox": (AVCMaskFromBox, "AVControl Mask From Box"),
+    "AVCMaskFromThreshold": (AVCMaskFromThreshold, "AVControl Mask From Threshold"),
+    "AVCOutpaintPad": (AVCOutpaintPad, "AVControl Outpaint Pad (frames + mask)"),
+    "AVCFillMasked": (AVCFillMasked, "AVControl Inpaint Fill Masked Area"),
+    "AVCFitClip": (AVCFitClip, "AVControl Fit Clip To Grid (32 px, 8n+1 frames)"),
     **CONTROL_NODES,
 }
 
