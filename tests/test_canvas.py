@@ -20,6 +20,7 @@ from ltx_core.model.transformer.modality import Modality
 
 from avcontrol_core import canvas, latents, sampling
 from avcontrol_core.guidance import Guidance, StreamGuidance
+from tests.recorders import recorded
 
 W, H, FRAMES, FPS = 64, 64, 17, 24.0  # video latent (3, 2, 2): 12 tokens; audio 18 tokens
 F_LAT, H_LAT, W_LAT = 3, 2, 2
@@ -34,19 +35,6 @@ def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@contextlib.contextmanager
-def recorded(transformer: torch.nn.Module):
-    """Every (video, audio) Modality the transformer receives, in call order."""
-    calls: list[tuple[Modality, Modality]] = []
-
-    def hook(_module, _args, kwargs):
-        calls.append((kwargs["video"], kwargs["audio"]))
-
-    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager

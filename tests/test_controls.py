@@ -6,7 +6,6 @@ read by the real reader. The transformer's inputs are recorded with a forward pr
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from avcontrol_core.errors import InputError
 from avcontrol_core.guidance import Guidance
 from avcontrol_core.lora import read_lora
 from avcontrol_core.pipeline import run_sampler
+from tests.recorders import recorded
 
 W, H, FRAMES, FPS = 64, 64, 17, 24.0
 NV, NA = 3 * 2 * 2, 18
@@ -55,18 +55,6 @@ def loras(tmp_path):
             for i, (name, factor) in enumerate((("plain", None), ("half", "2"), ("half_b", "2.0"), ("quarter", "4")))}
 
 
-@contextlib.contextmanager
-def recorded(transformer):
-    calls = []
-
-    def hook(_m, _args, kwargs):
-        calls.append((kwargs["video"], kwargs["audio"]))
-
-    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import torch
 from avcontrol_core.errors import InputError as CoreInputError
 from avcontrol_core.preprocess import fit, masks
 from avcontrol_core.preprocess.pose import Person, draw_people
+from avcontrol_core.tiny import write_tiny_depth_anything
 from tests.workflow_format import PACK_PACKAGE, load_pack, pack_node_classes
 
 cv2 = pytest.importorskip("cv2")
@@ -155,19 +156,7 @@ def write_midas(folder) -> None:
 
 
 def write_depth_anything(folder) -> None:
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
-
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
-    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                                 head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
-    torch.manual_seed(0)
-    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
-    # the processor settings of depth-anything/Depth-Anything-V2-Small-hf, at a small size
-    DPTImageProcessor(do_resize=True, size={"height": 126, "width": 126}, keep_aspect_ratio=True,
-                      ensure_multiple_of=14, resample=3, do_rescale=True, do_normalize=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    write_tiny_depth_anything(folder)
 
 
 @pytest.fixture(scope="session")
