@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from avcontrol_core.media import probe_mp4
 from avcontrol_core.tiny import TINY_CHECKPOINT, TINY_GEMMA_DIR
-from tests.workflow_format import PACK_PACKAGE, load_pack, pack_node_classes
+from tests.workflow_defs import PACK_PACKAGE, load_pack, pack_node_classes
 
 load_pack()
 # the nodes raise the pack's own copy of the error type (the pack is imported as a package, as ComfyUI does)

@@ -491,7 +491,7 @@ def test_host_free_reaches_our_models_but_our_own_requests_do_not(fake_comfy):
 
 
 def test_model_loader_node_options(tiny_models, monkeypatch):
-    from tests.workflow_format import PACK_PACKAGE, load_pack, pack_node_classes
+    from tests.workflow_defs import PACK_PACKAGE, load_pack, pack_node_classes
 
     load_pack()
     import importlib

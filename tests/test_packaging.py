@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.workflow_format import pack_display_names, pack_node_classes
+from tests.workflow_defs import pack_display_names, pack_node_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ltx_core", "transformers", "av", "safetensors", "numpy")

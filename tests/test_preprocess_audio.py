@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.workflow_format import PACK_PACKAGE, load_pack, pack_node_classes
+from tests.workflow_defs import PACK_PACKAGE, load_pack, pack_node_classes
 
 load_pack()
 PRE = f"{PACK_PACKAGE}.avcontrol_core.preprocess"

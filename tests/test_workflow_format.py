@@ -1,4 +1,5 @@
-"""tests/workflow_format.py on toy nodes in ComfyUI's classic API."""
+"""tests/workflow_format.py (with tests/workflow_defs.py and tests/workflow_run.py) on toy nodes in
+ComfyUI's classic API."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests import workflow_defs as wd  # noqa: E402
 from tests import workflow_format as wf  # noqa: E402
+from tests import workflow_run as wr  # noqa: E402
 
 CALLS: list[str] = []
 
@@ -220,7 +223,7 @@ def test_named_widget_values_win_and_bypass_passes_through():
 
 def test_run_api_workflow_respects_links():
     CALLS.clear()
-    out = wf.run_api_workflow(API, NODES)
+    out = wr.run_api_workflow(API, NODES)
     # node ids sort 1,2,3,4,5 but 4 needs 5: execution follows the links
     assert CALLS == ["number", "noise", "number", "mix", "save"]
     assert list(out) == ["1", "2", "3", "5", "4"]
@@ -232,12 +235,12 @@ def test_run_api_workflow_respects_links():
 
 def test_topological_order_errors():
     with pytest.raises(ValueError, match="cycle"):
-        wf.topological_order({
+        wr.topological_order({
             "1": {"class_type": "ToyMix", "inputs": {"a": ["2", 0]}},
             "2": {"class_type": "ToyMix", "inputs": {"a": ["1", 0]}},
         })
     with pytest.raises(KeyError, match="missing node 9"):
-        wf.topological_order({"1": {"class_type": "ToyMix", "inputs": {"a": ["9", 0]}}})
+        wr.topological_order({"1": {"class_type": "ToyMix", "inputs": {"a": ["9", 0]}}})
 
 
 def test_object_info_entries_work_like_classes():
@@ -250,8 +253,8 @@ def test_object_info_entries_work_like_classes():
         "output": ["TOYNOISE", "INT"], "output_name": ["TOYNOISE", "INT"], "output_node": False,
         "display_name": "ToyNoise",
     }
-    from_info = wf.node_def("ToyNoise", info)
-    from_class = wf.node_def("ToyNoise", ToyNoise)
+    from_info = wd.node_def("ToyNoise", info)
+    from_class = wd.node_def("ToyNoise", ToyNoise)
     assert from_info.widgets == from_class.widgets
     assert [(i.name, i.type, i.required, i.choices) for i in from_info.inputs] == [
         (i.name, i.type, i.required, i.choices) for i in from_class.inputs
@@ -263,7 +266,7 @@ def test_frontend_upload_widgets_of_core_nodes():
                   "output": ["IMAGE", "MASK"], "display_name": "Load Image"}
     load_audio = {"input": {"required": {"audio": [["a.wav"], {"audio_upload": True}]}},
                   "output": ["AUDIO"], "display_name": "Load Audio"}
-    defs = wf.NodeDefs({"LoadImage": load_image, "LoadAudio": load_audio})
+    defs = wd.NodeDefs({"LoadImage": load_image, "LoadAudio": load_audio})
     assert [w.name for w in defs["LoadImage"].widgets] == ["image", "upload"]
     assert [w.name for w in defs["LoadAudio"].widgets] == ["audio", "audioUI", "upload"]
     api = {"1": {"class_type": "LoadImage", "inputs": {"image": "b.png"}, "_meta": {"title": "Load Image"}},
@@ -276,7 +279,7 @@ def test_frontend_upload_widgets_of_core_nodes():
 def test_cli_regenerate_and_check(tmp_path, monkeypatch):
     api_path = tmp_path / "toy_api.json"
     wf.write_json(api_path, API)
-    defs = wf.NodeDefs(NODES, DISPLAY)
+    defs = wd.NodeDefs(NODES, DISPLAY)
     ui_path = wf.regenerate(api_path, defs)
     assert ui_path == tmp_path / "toy.json"
     assert wf.check_pair(api_path, defs) == []

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from avcontrol_core.media import load_audio, load_image, probe_mp4, read_mp4
-from tests.workflow_format import check_pair, read_json, run_api_workflow
+from tests.workflow_format import check_pair, read_json
+from tests.workflow_run import run_api_workflow
 from tests.workflow_tiny import class_input_spec, tinify, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_ui_and_api_twins_agree(api_path):
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypatch):
-    from tests.workflow_format import pack_node_classes
+    from tests.workflow_defs import pack_node_classes
 
     monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
     monkeypatch.setenv("AVCONTROL_OUTPUT_DIR", str(tmp_path / "out"))

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.workflow_format import is_link
+from tests.workflow_run import is_link
 
 # small sizes, 2 steps, and an STG block the 2-layer tiny transformer has
 INPUT_NODES = {"LoadImage": "image", "LoadVideo": "file", "LoadAudio": "audio"}

@@ -205,6 +205,16 @@ class WebSocketMessages:
 # --------------------------------------------------------------------------------------------
 
 
+def pack_host():
+    """The pack's host adapter module (it lists the model folder kinds)."""
+    import importlib
+
+    from tests.workflow_defs import PACK_PACKAGE, load_pack
+
+    load_pack()
+    return importlib.import_module(f"{PACK_PACKAGE}.nodes.host")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -241,7 +251,7 @@ class ComfyServer:
         link = self.base / "custom_nodes" / PACK_LINK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
-        kinds = ("checkpoints", "diffusion_models", "text_encoders", "loras", "latent_upscale_models")
+        kinds = [folder.kind for folder in pack_host().MODEL_FOLDERS]  # every model folder kind the pack reads
         lines = ["avcontrol_tests:", f"    base_path: {self.models_root}"]
         lines += [f"    {kind}: {kind}/" for kind in kinds]
         config = self.work / "extra_model_paths.yaml"
@@ -392,7 +402,7 @@ class ComfyServer:
     @staticmethod
     def expected_frames_fps(api: dict) -> tuple[int | None, float | None]:
         """The frame count and rate a workflow asks for (first literal inputs named so)."""
-        from tests.workflow_format import topological_order
+        from tests.workflow_run import topological_order
 
         frames = fps = None
         for node_id in topological_order(api):

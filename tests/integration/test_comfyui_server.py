@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow_format import pack_node_classes, read_json
+from tests.workflow_defs import pack_node_classes
+from tests.workflow_format import read_json
 
 REPO = Path(__file__).resolve().parents[2]
 
