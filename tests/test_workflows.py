@@ -11,7 +11,7 @@ import torch
 from avcontrol_core.media import load_audio, load_image, probe_mp4, read_mp4
 from tests.workflow_format import check_pair, read_json
 from tests.workflow_run import run_api_workflow
-from tests.workflow_tiny import class_input_spec, tinify, write_inputs
+from tests.workflow_tiny import class_input_spec, tinify, write_inputs, write_preprocessor_models
 
 ROOT = Path(__file__).resolve().parents[1]
 API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
@@ -90,6 +90,7 @@ def test_ui_and_api_twins_agree(api_path):
 def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypatch):
     from tests.workflow_defs import pack_node_classes
 
+    write_preprocessor_models(tiny_models["root"])
     monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
     monkeypatch.setenv("AVCONTROL_OUTPUT_DIR", str(tmp_path / "out"))
     classes = {**pack_node_classes(), **CORE}

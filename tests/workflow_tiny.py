@@ -97,3 +97,18 @@ def write_inputs(api: dict, folder, size: tuple[int, int] = (96, 80), frames: in
             write_audio(target, audio)
         written.append(target)
     return written
+
+
+def write_preprocessor_models(root) -> None:
+    """Random / crafted preprocessor files under their real names (DWPose ONNX pair, OpenPose annotators) so the
+    example workflows' model choices resolve in the test models folder."""
+    from pathlib import Path
+
+    from tests.preprocess_fixtures import write_dwpose, write_openpose
+
+    root = Path(root)
+    if not (root / "dwpose" / "dw-ll_ucoco_384.onnx").exists():
+        write_dwpose(root / "dwpose")
+    if not (root / "annotators" / "body_pose_model.pth").exists():
+        (root / "annotators").mkdir(parents=True, exist_ok=True)
+        write_openpose(root / "annotators")

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.workflow_tiny import tinify, write_inputs
+from tests.workflow_tiny import tinify, write_inputs, write_preprocessor_models
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -445,7 +445,9 @@ def tiny_models(tmp_path_factory) -> tuple[Path, dict]:
     from avcontrol_core.tiny import write_tiny_models
 
     root = tmp_path_factory.mktemp("models")
-    return root, write_tiny_models(root)
+    paths = write_tiny_models(root)
+    write_preprocessor_models(root)
+    return root, paths
 
 
 @pytest.fixture(scope="session")
