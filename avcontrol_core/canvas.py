@@ -6,12 +6,16 @@ video stream, audio references to the audio stream) and stripped from the result
 smaller than the target (small-to-large grid): its spatial positions are scaled by the downscale factor so it
 covers the same space. An attention weight (scalar, per-frame curve or spatial mask) scales how strongly the
 generated tokens and the reference attend to each other; only when some weight differs from 1 is a dense mask
-built (ltx-core's block layout), otherwise attention stays plain SDPA.
+built (ltx-core's block layout), otherwise attention stays plain SDPA. The same weights also scale the other
+stream's audio<->video cross-attention to the reference's tokens (ltx-core masks self-attention only), so a weight
+near 0 silences a reference on both paths.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -170,3 +174,42 @@ def append_references(
         else:
             raise TypeError(f"not a reference: {type(ref).__name__}")
     return v_state, a_state
+
+
+def key_bias(state: LatentState, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, 1, 1, T) additive bias over a stream's tokens as keys of the other stream's cross-attention: log of each
+    token's attention weight as seen from a generated token (0 for the target, log w for references), or None when
+    every weight is 1."""
+    if state.attention_mask is None:
+        return None
+    weights = state.attention_mask[:, 0, :]  # row of the first generated token: 1 on targets, w on references
+    finfo = torch.finfo(dtype)
+    logs = torch.log(weights.clamp(min=finfo.tiny)).to(dtype)
+    return torch.where(weights > 0, logs, torch.full((), finfo.min, dtype=dtype))[:, None, None, :]
+
+
+@contextlib.contextmanager
+def cross_modal_weights(transformer: torch.nn.Module, video_keys: torch.Tensor | None,
+                        audio_keys: torch.Tensor | None):
+    """While active, the transformer's audio->video attention uses `audio_keys` as its mask and video->audio
+    attention `video_keys` (each (B, 1, 1, T) and repeated to the forward's batch). Nothing is installed for None."""
+    handles = []
+
+    def hook_for(bias: torch.Tensor):
+        def hook(_module, args, kwargs):
+            batch = args[0].shape[0]
+            kwargs["mask"] = bias.repeat(batch // bias.shape[0], 1, 1, 1).to(args[0].device)
+            return args, kwargs
+
+        return hook
+
+    for block in getattr(transformer, "transformer_blocks", ()):
+        if audio_keys is not None and hasattr(block, "audio_to_video_attn"):
+            handles.append(block.audio_to_video_attn.register_forward_pre_hook(hook_for(audio_keys), with_kwargs=True))
+        if video_keys is not None and hasattr(block, "video_to_audio_attn"):
+            handles.append(block.video_to_audio_attn.register_forward_pre_hook(hook_for(video_keys), with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

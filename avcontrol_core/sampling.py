@@ -18,7 +18,7 @@ from ltx_core.types import LatentState
 
 from .errors import InputError, require
 from .guidance import Guidance
-from .canvas import append_references
+from .canvas import append_references, cross_modal_weights, key_bias
 from .latents import AVLatent, audio_state, unpatchify, video_state
 
 # Lightricks' distilled schedules (ltx-pipelines constants): 8 steps, and the 3-step refinement of stage two.
@@ -167,12 +167,13 @@ def sample(
     xv, xa = initial_noise(v_state, generator, first, noise_v), initial_noise(a_state, generator, first, noise_a)
     denoise = Denoiser(transformer, guidance, positive, negative, latent.batch, dtype, device)
     total = len(sigmas) - 1
-    for i in range(total):
-        if check_interrupted is not None:
-            check_interrupted()
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v_x0, a_x0 = denoise(xv, xa, v_state, a_state, sigma)
-        xv, xa = euler_step(xv, v_x0, sigma, sigma_next), euler_step(xa, a_x0, sigma, sigma_next)
-        if on_step is not None:
-            on_step(i + 1, total)
+    with cross_modal_weights(transformer, key_bias(v_state, dtype), key_bias(a_state, dtype)):
+        for i in range(total):
+            if check_interrupted is not None:
+                check_interrupted()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            v_x0, a_x0 = denoise(xv, xa, v_state, a_state, sigma)
+            xv, xa = euler_step(xv, v_x0, sigma, sigma_next), euler_step(xa, a_x0, sigma, sigma_next)
+            if on_step is not None:
+                on_step(i + 1, total)
     return unpatchify(latent, xv[:, :n_video], xa[:, :n_audio])

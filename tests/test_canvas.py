@@ -361,11 +361,14 @@ def test_attention_weight_is_continuous_at_zero(tiny_model, ctx, refs):
             assert torch.equal(getattr(tiny, other), getattr(base, other))
 
 
-@pytest.mark.xfail(strict=True, reason="the attention weight masks self-attention only; the other stream's "
-                   "audio<->video cross-attention still sees every reference token at full weight (as in ltx-core)")
 def test_attention_weight_near_zero_also_silences_the_cross_modal_path(tiny_model, ctx, refs, base):
-    out = run(tiny_model, ctx, (canvas.VideoReference(refs["video"], attention=1e-6),))
-    assert rel(out.audio, base.audio) < 1e-3
+    """The weight also scales the other stream's audio<->video attention to the reference's tokens: near 0 the other
+    stream is as without the reference, at 1 it is not."""
+    for ref in (canvas.VideoReference(refs["video"], attention=1e-6), canvas.AudioReference(refs["audio"], attention=1e-6)):
+        out = run(tiny_model, ctx, (ref,))
+        assert rel(out.audio, base.audio) < 1e-3 and rel(out.video, base.video) < 1e-3
+    full = run(tiny_model, ctx, (canvas.VideoReference(refs["video"]),))
+    assert rel(full.audio, base.audio) > 0.02
 
 
 # --- batches --------------------------------------------------------------------------------------------------------
