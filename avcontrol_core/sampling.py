@@ -102,19 +102,36 @@ class Denoiser:
             [_batched(ctx[p].audio, batch) for p in self.passes]).to(device=device, dtype=dtype)
         self.perturbations = BatchedPerturbationConfig(
             [guidance.perturbation(p) for p in self.passes for _ in range(batch)])
+        self._all_generated: dict[int, bool] = {}
+
+    def _repeat(self, t: torch.Tensor) -> torch.Tensor:
+        n = len(self.passes)
+        return t if n == 1 else t.repeat(n, *([1] * (t.ndim - 1)))
 
     def _modality(self, x: torch.Tensor, state: LatentState, sigma: torch.Tensor, context: torch.Tensor) -> Modality:
-        n = len(self.passes)
         timesteps = (state.denoise_mask * sigma).squeeze(-1)
         mask = state.attention_mask
         return Modality(
-            latent=x.repeat(n, 1, 1).to(self.dtype),
-            sigma=sigma.expand(x.shape[0] * n),
-            timesteps=timesteps.repeat(n, 1),
-            positions=state.positions.repeat(n, 1, 1, 1),
+            latent=self._repeat(x).to(self.dtype),
+            sigma=sigma.expand(x.shape[0] * len(self.passes)),
+            timesteps=self._repeat(timesteps),
+            positions=self._repeat(state.positions),
             context=context,
-            attention_mask=None if mask is None else mask.repeat(n, 1, 1),
+            attention_mask=None if mask is None else self._repeat(mask),
         )
+
+    def _x0(self, x: torch.Tensor, velocity: torch.Tensor, modality: Modality, state: LatentState,
+            stream: str) -> torch.Tensor:
+        """Guided x0 = x - velocity * t (each token's own timestep; t = 0 keeps a token as it is, computed from the
+        fp32 sampler state), then tokens with denoise mask < 1 pulled back toward their clean value."""
+        x0 = self._repeat(x) - velocity.float() * modality.timesteps.unsqueeze(-1)
+        out = self.guidance.combine(stream, dict(zip(self.passes, x0.chunk(len(self.passes)))))
+        key = id(state.denoise_mask)
+        if key not in self._all_generated:  # asked once per state, not every step (a device sync on a GPU)
+            self._all_generated[key] = bool((state.denoise_mask == 1).all())
+        if self._all_generated[key]:
+            return out
+        return out * state.denoise_mask + state.clean_latent * (1 - state.denoise_mask)
 
     @torch.inference_mode()
     def __call__(self, xv: torch.Tensor, xa: torch.Tensor, v_state: LatentState, a_state: LatentState,
@@ -123,15 +140,7 @@ class Denoiser:
         video = self._modality(xv, v_state, s, self.video_context)
         audio = self._modality(xa, a_state, s, self.audio_context)
         v_vel, a_vel = self.transformer(video=video, audio=audio, perturbations=self.perturbations)
-        # x0 = x - velocity * t with each token's own timestep (t = 0 keeps a token as it is)
-        v_x0 = (video.latent.float() - v_vel.float() * video.timesteps.unsqueeze(-1)).chunk(len(self.passes))
-        a_x0 = (audio.latent.float() - a_vel.float() * audio.timesteps.unsqueeze(-1)).chunk(len(self.passes))
-        v_out = self.guidance.combine("video", dict(zip(self.passes, v_x0)))
-        a_out = self.guidance.combine("audio", dict(zip(self.passes, a_x0)))
-        # tokens with denoise mask < 1 are pulled back toward their clean (conditioning) value
-        v_out = v_out * v_state.denoise_mask + v_state.clean_latent * (1 - v_state.denoise_mask)
-        a_out = a_out * a_state.denoise_mask + a_state.clean_latent * (1 - a_state.denoise_mask)
-        return v_out, a_out
+        return self._x0(xv, v_vel, video, v_state, "video"), self._x0(xa, a_vel, audio, a_state, "audio")
 
 
 def sample(
