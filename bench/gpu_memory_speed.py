@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import math
 import sys
 import time
 from pathlib import Path
@@ -72,27 +71,11 @@ def tiny_bench_config(layers: int) -> dict:
 
 
 @torch.no_grad()
-def random_init_(module: torch.nn.Module, seed: int) -> None:
-    """tiny.spread_init_'s distributions, drawn on the tensors' own device (19B values on the GPU in seconds)."""
-    for i, (name, t) in enumerate(module.state_dict().items()):
-        g = torch.Generator(t.device).manual_seed(seed + i)
-        if not t.is_floating_point():
-            continue
-        if "scale_shift_table" in name:
-            t.normal_(0.0, 0.5, generator=g)
-        elif t.ndim >= 2:
-            t.normal_(0.0, 1.0 / math.sqrt(math.prod(t.shape[1:])), generator=g)
-        elif "norm" in name:
-            t.normal_(1.0, 0.3, generator=g)
-        else:
-            t.normal_(0.0, 0.1, generator=g)
-
-
 def build_transformer(config: dict, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str]:
     with torch.device("meta"):
         model = LTXModelConfigurator.from_config(config).to(dtype)  # cast on meta: never 2x the bytes on the GPU
     model = model.to_empty(device=device)
-    random_init_(model, seed=0)
+    tiny.random_init_(model, seed=0)
     model = align_with_current_source(model.eval().requires_grad_(False))
     name, kernel = kernels.resolve_attention("auto", device)
     kernels.set_attention(model, kernel)

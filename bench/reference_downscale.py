@@ -36,7 +36,7 @@ from avcontrol_core.fidelity import align_with_current_source  # noqa: E402
 from avcontrol_core.guidance import Guidance  # noqa: E402
 from avcontrol_core.latents import empty_latent  # noqa: E402
 from avcontrol_core.sampling import TextContext, sample, schedule  # noqa: E402
-from avcontrol_core.tiny import tiny_config, write_tiny_checkpoint  # noqa: E402
+from avcontrol_core.tiny import random_init_, tiny_config, write_tiny_checkpoint  # noqa: E402
 
 
 def context_dims(config: dict) -> tuple[int, int]:
@@ -60,17 +60,8 @@ def random_transformer(layers: int, heads: int, head_dim: int, device: torch.dev
     with torch.device("meta"):
         model = LTXModelConfigurator.from_config(config)
     model = model.to_empty(device=device)
-    g = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():  # as tiny.spread_init_: unit-gain matrices, spread AdaLN and norms
-            if "scale_shift_table" in name:
-                p.normal_(0.0, 0.5, generator=g)
-            elif p.ndim >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(math.prod(p.shape[1:])), generator=g)
-            elif "norm" in name:
-                p.normal_(1.0, 0.3, generator=g)
-            else:
-                p.normal_(0.0, 0.1, generator=g)
+        random_init_(model, seed=0)  # as tiny.spread_init_: unit-gain matrices, spread AdaLN and norms
     model = align_with_current_source(model.to(dtype).eval().requires_grad_(False))
     return model, config
 
