@@ -64,6 +64,7 @@ def build_component(
         module = configurator.from_config(config)
     expected = module.state_dict()
     tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if fp8 else device)
+    ckpt.drop_unused_statistics(tensors, expected)
     ckpt.check_keys(path.name, component, expected.keys(), tensors.keys())
     wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items() if t.shape != expected[k].shape]
     if wrong:

@@ -22,6 +22,11 @@ CONNECTOR_PREFIXES = (
     "model.diffusion_model.embeddings_connector.",
 )
 REQUIRED_SECTIONS = ("transformer", "vae", "audio_vae", "vocoder")
+# Statistics the released VAEs carry next to the two that (un)normalise latents (`vae.per_channel_statistics.channel`
+# and `.mean-of-stds` in LTX-2's file; diffusers' converter drops them before its strict load, ltx-core's builder
+# loads non-strict and never notices). No module reads them, so a strict load skips them instead of refusing the file.
+UNUSED_STATISTICS = ("per_channel_statistics.channel", "per_channel_statistics.mean-of-stds",
+                     "per_channel_statistics.mean-of-stds_over_std-of-means", "per_channel_statistics.std-of-stds")
 VERSIONS = ("ltx2", "ltx2.3")
 
 
@@ -131,6 +136,14 @@ def prefix_renamer(prefixes: dict[str, str], exclude: Iterable[str] = ()) -> Cal
         return None
 
     return rename
+
+
+def drop_unused_statistics(tensors: dict[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
+    """`tensors` without the UNUSED_STATISTICS entries the module does not have (in place; returned for chaining)."""
+    expected = set(expected)
+    for name in [n for n in tensors if n.endswith(UNUSED_STATISTICS) and n not in expected]:
+        del tensors[name]
+    return tensors
 
 
 def check_keys(file_name: str, component: str, expected: Iterable[str], found: Iterable[str]) -> None:

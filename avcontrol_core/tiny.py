@@ -141,6 +141,10 @@ def tiny_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
             value = torch.empty(tensor.shape, dtype=torch.float32)
             spread_init_(key, value, generator)
             state[key] = value.contiguous()
+    # the statistics the released file carries beside the used ones (checkpoint.UNUSED_STATISTICS)
+    channels = state["vae.per_channel_statistics.mean-of-means"].shape[0]
+    state["vae.per_channel_statistics.channel"] = torch.arange(channels)
+    state["vae.per_channel_statistics.mean-of-stds"] = torch.full((channels,), 0.5)
     state.update(tiny_text.connector_state_dict(config, seed=seed))
     return state
 

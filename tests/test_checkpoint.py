@@ -127,6 +127,22 @@ def test_unexpected_transformer_key_is_listed(tmp_path, ckpt):
     assert "missing" not in str(err.value)
 
 
+def test_the_released_vaes_unused_statistics_are_skipped_but_other_extras_refused(tmp_path, ckpt):
+    """LTX-2's file carries vae.per_channel_statistics.channel / .mean-of-stds, which no module has (the tiny file
+    mirrors that): the VAEs load with the used statistics; an unknown extra statistic is still refused."""
+    keys = load_file(str(ckpt))
+    assert {"vae.per_channel_statistics.channel", "vae.per_channel_statistics.mean-of-stds"} <= set(keys)
+    model = backbone.load_model(ckpt, dtype="fp32")
+    for name in ("video_decoder", "video_encoder"):
+        stats = dict(model.component(name).per_channel_statistics.named_buffers())
+        assert set(stats) == {"mean-of-means", "std-of-means"}
+        assert torch.equal(stats["std-of-means"], keys["vae.per_channel_statistics.std-of-means"])
+    extra = "vae.per_channel_statistics.median-of-means"
+    path = rewrite(ckpt, tmp_path / "extra-stat.safetensors", add={extra: torch.zeros(4)})
+    with pytest.raises(InputError, match="1 unexpected keys: per_channel_statistics.median-of-means"):
+        backbone.load_model(path, dtype="fp32").component("video_decoder")
+
+
 def test_wrong_shaped_tensor_is_refused(tmp_path, ckpt):
     original = load_file(str(ckpt))[BLOCK_KEY]
     bad = torch.zeros(original.shape[0], original.shape[1] + 1)
