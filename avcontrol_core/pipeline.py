@@ -42,6 +42,10 @@ def run_sampler(
     if "uncond" in guidance.passes() and prompts.negative is None:
         raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
     sigmas = schedule(schedule_name, steps, int(latent.video[0, 0].numel()))
+    if float(sigmas[0]) < 1.0 and not bool((latent.video * latent.video_mask).any()):
+        raise InputError(f"schedule '{schedule_name}' starts at sigma {float(sigmas[0]):g}: it refines a latent "
+                         f"(stage two: connect AVControl Latent Upscale), but this latent is empty; use 'ltx2' or "
+                         f"'distilled' to generate from noise")
     stack = lora_stack(controls, loras)
     factor = stack.reference_downscale_factor  # two LoRAs of one run declaring different factors: an error
     check_controls(controls, latent, factor)

@@ -20,6 +20,7 @@ TINY_CHECKPOINT = "avcontrol-tiny-{version}.safetensors"
 TINY_GEMMA_DIR = "avcontrol-tiny-gemma"
 TINY_LORA = "avcontrol-tiny-ic-lora-ref0.5.safetensors"
 TINY_DEPTH_DIR = "avcontrol-tiny-depth-anything"
+TINY_UPSCALER = "avcontrol-tiny-spatial-upscaler-x2.safetensors"
 
 _FIXED_TRANSFORMER = {
     # values ltx-core's configurator checks
@@ -203,12 +204,39 @@ def write_tiny_depth_anything(folder: str | Path) -> Path:
     return Path(folder)
 
 
+def tiny_upscaler_config(mid_channels: int = 32) -> dict:
+    """The released x2 spatial upsampler's config (its metadata) with a narrow middle (the real one is 512 wide)."""
+    return {"_class_name": "LatentUpsampler", "in_channels": 128, "mid_channels": mid_channels,
+            "num_blocks_per_stage": 1, "dims": 3, "spatial_upsample": True, "temporal_upsample": False,
+            "spatial_scale": 2.0, "rational_resampler": False}
+
+
+def write_tiny_upscaler(path: str | Path, config: dict | None = None, seed: int = 2) -> Path:
+    """A random-weight latent upsampler file in the released layout: LatentUpsampler's own keys, config metadata."""
+    from ltx_core.model.upsampler import LatentUpsamplerConfigurator
+
+    config = config or tiny_upscaler_config()
+    with torch.device("meta"):
+        module = LatentUpsamplerConfigurator.from_config(config)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in sorted(module.state_dict().items()):
+        value = torch.empty(tensor.shape, dtype=torch.float32)
+        spread_init_(name, value, generator)
+        state[name] = value
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"config": json.dumps(config)})
+    return path
+
+
 def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), seed: int = 0) -> dict[str, Path]:
     """Lay out tiny model files the way ComfyUI's models folder holds them; returns their paths.
 
     root/checkpoints/avcontrol-tiny-<version>.safetensors, root/text_encoders/avcontrol-tiny-gemma/ (an HF folder)
-    root/loras/avcontrol-tiny-ic-lora-ref0.5.safetensors (a control LoRA for the first version) and
-    root/depth_models/avcontrol-tiny-depth-anything/ (a depth preprocessor).
+    root/loras/avcontrol-tiny-ic-lora-ref0.5.safetensors (a control LoRA for the first version),
+    root/depth_models/avcontrol-tiny-depth-anything/ (a depth preprocessor) and
+    root/latent_upscale_models/avcontrol-tiny-spatial-upscaler-x2.safetensors (stage two's latent upsampler).
     Files already present are kept (same seed gives the same bytes), so repeated calls are cheap.
     """
     from . import tiny_text
@@ -234,4 +262,8 @@ def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), s
     if not (depth / "config.json").exists():
         write_tiny_depth_anything(depth)
     paths["depth"] = depth
+    upscaler = root / "latent_upscale_models" / TINY_UPSCALER
+    if not upscaler.exists():
+        write_tiny_upscaler(upscaler)
+    paths["upscaler"] = upscaler
     return paths

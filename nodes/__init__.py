@@ -2,8 +2,8 @@
 
 from .controls import CONTROL_NODES
 from .guidance import AVCGuidance
-from .latent import AVCEmptyLatent, AVCImageToVideo
-from .loaders import AVCModelLoader, AVCTextEncoderLoader
+from .latent import AVCEmptyLatent, AVCImageToVideo, AVCLatentUpscale
+from .loaders import AVCLatentUpscalerLoader, AVCModelLoader, AVCTextEncoderLoader
 from .output import AVCDecode, AVCSaveVideo
 from .preprocess_audio import (AVCAudioDemix, AVCAudioEnvelope, AVCAudioOnsets, AVCSelectSpeaker, AVCSpeechActivity,
                                AVCWhoIsTalking)
@@ -18,6 +18,8 @@ _NODES = {
     "AVCPromptEncode": (AVCPromptEncode, "AVControl Prompt Encode"),
     "AVCEmptyLatent": (AVCEmptyLatent, "Empty Audio+Video Latent"),
     "AVCImageToVideo": (AVCImageToVideo, "AVControl Image To Video"),
+    "AVCLatentUpscalerLoader": (AVCLatentUpscalerLoader, "Load AVControl Latent Upscaler (two-stage)"),
+    "AVCLatentUpscale": (AVCLatentUpscale, "AVControl Latent Upscale (two-stage)"),
     "AVCGuidance": (AVCGuidance, "AVControl Guidance (per stream)"),
     "AVCSampler": (AVCSampler, "AVControl Sampler"),
     "AVCDecode": (AVCDecode, "AVControl Decode (video + audio)"),

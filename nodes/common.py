@@ -9,6 +9,7 @@ LATENT = "AVC_LATENT"  # avcontrol_core.latents.AVLatent
 GUIDANCE = "AVC_GUIDANCE"  # avcontrol_core.guidance.Guidance
 CONTROLS = "AVC_CONTROLS"  # tuple of avcontrol_core.controls.Control
 LORAS = "AVC_LORAS"  # avcontrol_core.lora.LoraStack
+UPSCALER = "AVC_LATENT_UPSCALER"  # ltx_core LatentUpsampler (stage two of two-stage inference)
 CURVE = "AVC_CURVE"  # {"values": float tensor (T,), "rate": values per second, "label": str}
 
 DTYPE_CHOICES = ["bf16", "fp16", "fp32"]

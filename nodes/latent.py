@@ -1,8 +1,9 @@
-"""Latent nodes: an empty audio+video latent, and first-frame (image-to-video) conditioning."""
+"""Latent nodes: an empty audio+video latent, first-frame (image-to-video) conditioning, and the spatial upscale
+between the two stages of two-stage inference."""
 
 from __future__ import annotations
 
-from .common import LATENT, MODEL, category
+from .common import LATENT, MODEL, UPSCALER, category
 
 
 class AVCEmptyLatent:
@@ -66,3 +67,36 @@ class AVCImageToVideo:
 
         encoded = encode_first_frame(model, image, latent.width, latent.height)
         return (condition_first_frame(latent, encoded, strength),)
+
+
+class AVCLatentUpscale:
+    """Two-stage inference: upscales stage one's video latent for the stage-two sampler."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The LTX-2 model: its video VAE's latent statistics frame the "
+                                  "upsampler's input and output, and the upsampler runs on its device."}),
+                "upscaler": (UPSCALER, {"tooltip": "From Load AVControl Latent Upscaler."}),
+                "latent": (LATENT, {"tooltip": "Stage one's result (the first sampler's output), generated at "
+                                    "half the final width and height."}),
+                "audio": (["keep", "refine"], {"default": "keep", "tooltip":
+                    "keep: stage one's sound is final; stage two refines the video while hearing it clean "
+                    "(the official pipeline also keeps stage one's sound). refine: stage two re-noises the sound "
+                    "with the video and refines both."}),
+            }
+        }
+
+    RETURN_TYPES = (LATENT,)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "upscale"
+    CATEGORY = category("latent")
+    DESCRIPTION = ("Upscale a sampled latent in space (x2 with LTX-2's upsampler). Then sample it again with the "
+                   "distilled LoRA and the 'distilled_stage2' schedule, which refines it instead of starting from "
+                   "noise; controls and image-to-video are re-applied at the new size.")
+
+    def upscale(self, model, upscaler, latent, audio):
+        from ..avcontrol_core.upsampler import upscale_latent, video_statistics
+
+        return (upscale_latent(latent, upscaler, video_statistics(model.path), audio=audio, device=model.device),)

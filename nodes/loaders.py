@@ -1,4 +1,5 @@
-"""Loader nodes: the LTX-2 checkpoint and the Gemma text encoder, from ComfyUI's model folders."""
+"""Loader nodes: the LTX-2 checkpoint, the Gemma text encoder and the latent upsampler, from ComfyUI's model
+folders."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from . import host
-from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, category
+from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, UPSCALER, category
 
 WEIGHT_CHOICES = ["default", "fp8 (e4m3)"]
 ATTENTION_CHOICES = ["auto", "sdpa", "xformers", "flash_attention_3"]  # avcontrol_core.kernels.ATTENTION
@@ -48,11 +49,13 @@ def release_cached_models() -> None:
 
 _models = _LRU(2)  # an LTX-2 model and its text encoder are tens of GB: keep only the current pair
 _loras = _LRU(16)  # LoRAs are small
+_upscalers = _LRU(2)  # a few hundred MB each, held in host memory
 
 
 def clear_cache() -> None:
     _models.items.clear()
     _loras.items.clear()
+    _upscalers.items.clear()
 
 
 def _file_key(path: Path) -> tuple:
@@ -198,3 +201,30 @@ def _step_scoped_encoder(model, path: Path, dev, dtype):
         host.free_host_memory(n, dev)
 
     return OnDeviceForStep(encoder, dev, "encode", before=make_room, nbytes=nbytes)
+
+
+class AVCLatentUpscalerLoader:
+    """Loads a spatial latent upsampler for two-stage inference."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "upscaler_name": (host.list_models("latent_upscale_models"), {"tooltip":
+                    "Spatial latent upsampler from models/latent_upscale_models, e.g. "
+                    "ltx-2-spatial-upscaler-x2-1.0.safetensors (config in its metadata). It waits in host memory "
+                    "and visits the GPU only while upscaling."}),
+            }
+        }
+
+    RETURN_TYPES = (UPSCALER,)
+    RETURN_NAMES = ("upscaler",)
+    FUNCTION = "load"
+    CATEGORY = category("loaders")
+    DESCRIPTION = "Load LTX-2's spatial latent upsampler (stage two of two-stage inference)."
+
+    def load(self, upscaler_name):
+        from ..avcontrol_core.upsampler import load_upsampler
+
+        path = host.resolve_model("latent_upscale_models", upscaler_name)
+        return (_upscalers.get(("upscaler", _file_key(path)), lambda: load_upsampler(path)),)

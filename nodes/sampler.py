@@ -15,7 +15,8 @@ class AVCSampler:
             "required": {
                 "model": (MODEL, {"tooltip": "From Load AVControl Model."}),
                 "conditioning": (CONDITIONING, {"tooltip": "From AVControl Prompt Encode."}),
-                "latent": (LATENT, {"tooltip": "From Empty Audio+Video Latent or Image To Video."}),
+                "latent": (LATENT, {"tooltip": "From Empty Audio+Video Latent or Image To Video; for stage two of "
+                                    "two-stage inference, from Latent Upscale."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed; the same seed gives the same clip on any device."}),
                 "steps": ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip":
@@ -23,7 +24,8 @@ class AVCSampler:
                     "distilled schedules (8 and 3 steps)."}),
                 "schedule": (["ltx2", "distilled", "distilled_stage2"], {"default": "ltx2", "tooltip":
                     "ltx2: token-count-shifted schedule of the full model. distilled: the distilled model's fixed "
-                    "8 steps (use guidance scales of 1). distilled_stage2: its 3-step refinement."}),
+                    "8 steps (use guidance scales of 1). distilled_stage2: its 3-step refinement, stage two of "
+                    "two-stage inference (starts at sigma 0.909 from an upscaled latent; add the distilled LoRA)."}),
                 "lora_mode": (["runtime", "fuse"], {"default": "runtime", "tooltip":
                     "runtime: LoRAs are added on the fly (strengths change freely, a little slower per step). "
                     "fuse: merged into the weights for this run (faster steps; costs a copy of the touched "

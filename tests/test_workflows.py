@@ -103,5 +103,6 @@ def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypat
     latent = next(n["inputs"] for n in api.values() if n["class_type"] == "AVCEmptyLatent")
     info = probe_mp4(saved[0])
     assert info["frames"] == latent["frames"] and info["fps"] == pytest.approx(latent["fps"])
-    assert (info["width"], info["height"]) == (latent["width"], latent["height"])
+    scale = 2 ** sum(n["class_type"] == "AVCLatentUpscale" for n in api.values())  # the tiny upsampler is x2
+    assert (info["width"], info["height"]) == (latent["width"] * scale, latent["height"] * scale)
     assert info["audio_codec"] == "aac" and abs(info["audio_seconds"] - info["video_seconds"]) <= 1 / latent["fps"]
