@@ -56,7 +56,8 @@ def build_component(
     """Build one component from the checkpoint, refusing any key or shape mismatch.
 
     weights="fp8" (transformer only): the blocks' Linear weights stored as fp8 and upcast per layer for compute
-    (ltx-core's fp8 cast); tensors are converted on the host before they reach `device`."""
+    (ltx-core's fp8 cast); tensors are converted on the host before they reach `device`. A pre-quantised fp8 file
+    (scaled fp8 weights) is dequantised per tensor (fp8 value x its scale) into `dtype`, or into that fp8 storage."""
     configurator, prefixes, exclude = COMPONENTS[component]
     path = Path(path)
     fp8 = weights == "fp8" and component == "transformer"
@@ -64,12 +65,15 @@ def build_component(
         module = configurator.from_config(config)
     expected = module.state_dict()
     tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if fp8 else device)
+    scales = ckpt.pop_fp8_scales(tensors)  # a pre-quantised fp8 file: dequantised below, one tensor at a time
     ckpt.drop_unused_statistics(tensors, expected)
     ckpt.check_keys(path.name, component, expected.keys(), tensors.keys())
     wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items() if t.shape != expected[k].shape]
     if wrong:
         raise InputError(f"{path.name}: {component} tensor shapes do not match its config: {ckpt._short(wrong)}")
     for name, value in tensors.items():
+        if name in scales:
+            value = value.float() * scales[name].to(value.device, torch.float32)
         if value.is_floating_point() and _keeps_dtype(component, name):
             tensors[name] = value.float()
         elif value.is_floating_point():

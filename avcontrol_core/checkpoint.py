@@ -146,6 +146,20 @@ def drop_unused_statistics(tensors: dict[str, torch.Tensor], expected: Iterable[
     return tensors
 
 
+def pop_fp8_scales(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pre-quantised fp8 files (ltx-core's scaled-mm layout, e.g. ltx-2-19b-dev-fp8.safetensors) store a Linear as an
+    F8_E4M3 `.weight` with a per-tensor `.weight_scale` (weight = fp8 value * scale) and a static `.input_scale`.
+    Removes both scale entries (in place) and returns {weight key: its scale}; a scale without an fp8 weight stays
+    (and is refused as unexpected)."""
+    scales = {}
+    for key in [k for k in tensors if k.endswith(".weight_scale")]:
+        weight = key.removesuffix("_scale")
+        if weight in tensors and tensors[weight].dtype == torch.float8_e4m3fn:
+            scales[weight] = tensors.pop(key)
+            tensors.pop(key.removesuffix("weight_scale") + "input_scale", None)
+    return scales
+
+
 def check_keys(file_name: str, component: str, expected: Iterable[str], found: Iterable[str]) -> None:
     """Refuse a state dict whose keys differ from the model's, listing the differences."""
     expected, found = set(expected), set(found)

@@ -89,7 +89,9 @@ class AVCModelLoader:
             "required": {
                 "ckpt_name": (host.list_models("checkpoints"), {
                     "tooltip": "Single-file LTX-2 / LTX-2.3 checkpoint (.safetensors with its config in the metadata), "
-                    "from models/checkpoints. Holds transformer, video VAE, audio VAE, vocoder and text connectors."}),
+                    "from models/checkpoints. Holds transformer, video VAE, audio VAE, vocoder and text connectors. "
+                    "Pre-quantised fp8 files (e.g. ltx-2-19b-dev-fp8) are dequantised as they load; pick "
+                    "weights fp8 to keep them in 8 bits."}),
                 "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip":
                     "Weight and compute precision. bf16: the models' native precision (19B needs ~38 GB at bf16). "
                     "fp32 doubles memory; use it on CPU or for debugging."}),
