@@ -3,6 +3,8 @@
     python -m avcontrol_core                       # built-in tiny model (random weights), prints the mp4 path
     python -m avcontrol_core --checkpoint ltx-2-19b-dev.safetensors --gemma gemma_3_12B_it.safetensors \
         --prompt "..." --width 768 --height 512 --frames 121 --steps 40 --dtype bf16
+    python -m avcontrol_core ... --upscaler ltx-2-spatial-upscaler-x2-1.0.safetensors \
+        --distilled-lora ltx-2-19b-distilled-lora-384.safetensors        # two-stage: half size, upscale, refine
 """
 
 from __future__ import annotations
@@ -33,17 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="first frame (image-to-video)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda; default: cuda when available")
+    p.add_argument("--upscaler", help="two-stage inference: a spatial latent upsampler file ('tiny' with the built-in "
+                   "model); stage one samples at half --width/--height, stage two refines the upscaled latent")
+    p.add_argument("--distilled-lora", help="two-stage: the distilled LoRA applied in stage two")
     p.add_argument("--out", default="output", help="output folder")
     p.add_argument("--prefix", default="avcontrol/cli", help="file name prefix (a counter is appended)")
     return p
 
 
-def _tiny_paths() -> tuple[Path, Path]:
+def _tiny_paths() -> dict[str, Path]:
     from .tiny import write_tiny_models
 
     root = Path(os.environ.get("AVCONTROL_CACHE", Path.home() / ".cache" / "avcontrol")) / "tiny-models"
-    paths = write_tiny_models(root)
-    return paths["checkpoint_ltx2"], paths["gemma"]
+    return write_tiny_models(root)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -61,12 +65,21 @@ def main(argv: list[str] | None = None) -> Path:
     from .sampling import step_count
     from .text_encoder import encode_prompt_pair, load_prompt_encoder
 
-    latent = empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
+    empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
+    two_stage = args.upscaler is not None
+    if two_stage and (args.width % 64 or args.height % 64):
+        raise SystemExit(f"--width and --height must be multiples of 64 with --upscaler (stage one samples at half "
+                         f"size), got {args.width}x{args.height}")
+    scale = 2 if two_stage else 1
+    latent = empty_latent(args.width // scale, args.height // scale, args.frames, args.fps)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else _tiny_paths()
     if args.checkpoint and not args.gemma:
         raise SystemExit("--gemma is required with --checkpoint")
+    tiny = None if args.checkpoint else _tiny_paths()
+    ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else (tiny["checkpoint_ltx2"],
+                                                                                     tiny["gemma"])
+    upscaler = tiny["upscaler"] if args.upscaler == "tiny" and tiny else args.upscaler
     model = load_model(ckpt, device, dtype)
     encoder = load_prompt_encoder(gemma, model.path, model.config, device, dtype)
     prompts = encode_prompt_pair(encoder, args.prompt, args.negative)
@@ -74,17 +87,40 @@ def main(argv: list[str] | None = None) -> Path:
     if args.image:
         from .media import load_image
 
-        latent = condition_first_frame(latent, encode_first_frame(model, load_image(args.image), args.width, args.height), 1.0)
+        image = load_image(args.image)
+        latent = condition_first_frame(latent, encode_first_frame(model, image, latent.width, latent.height), 1.0)
     guidance = Guidance(StreamGuidance(cfg=args.cfg), StreamGuidance(cfg=args.audio_cfg))
     with tqdm(total=step_count(args.schedule, args.steps), desc="sampling", file=sys.stderr) as bar:
         out = run_sampler(model, prompts, latent, guidance, steps=args.steps, schedule_name=args.schedule,
                           seed=args.seed, on_step=lambda done, total: bar.update(1))
+    if two_stage:
+        out = _stage_two(model, prompts, out, Path(upscaler), args, image if args.image else None)
     model.release("transformer")
     frames, audio = decode_video(model, out), decode_audio(model, out)
     path = unique_output_path(args.out, args.prefix, ".mp4")
     write_mp4(path, frames, args.fps, audio)
     print(path.resolve())
     return path
+
+
+def _stage_two(model, prompts, latent, upscaler: Path, args, image):
+    """Upscale stage one's latent (its sound kept) and refine it on the 3-step distilled_stage2 schedule."""
+    from tqdm.auto import tqdm
+
+    from .conditioning import encode_first_frame
+    from .latents import condition_first_frame
+    from .lora import LoraStack, read_lora
+    from .pipeline import run_sampler
+    from .sampling import step_count
+    from .upsampler import load_upsampler, upscale_latent, video_statistics
+
+    up = upscale_latent(latent, load_upsampler(upscaler), video_statistics(model.path), device=model.device)
+    if image is not None:
+        up = condition_first_frame(up, encode_first_frame(model, image, up.width, up.height), 1.0)
+    loras = LoraStack().add(read_lora(args.distilled_lora), 1.0) if args.distilled_lora else None
+    with tqdm(total=step_count("distilled_stage2", 3), desc="stage two", file=sys.stderr) as bar:
+        return run_sampler(model, prompts, up, None, steps=3, schedule_name="distilled_stage2", seed=args.seed,
+                           loras=loras, on_step=lambda done, total: bar.update(1))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from .guidance import Guidance
 from .latents import AVLatent
 from .lora import LoraStack, apply_loras
 from .offload import oom_guard, run_activation_bytes, sampling_hints
-from .sampling import SCHEDULES, sample, schedule
+from .sampling import REFINING, SCHEDULES, sample, schedule
 
 
 def run_sampler(
@@ -42,7 +42,7 @@ def run_sampler(
     if "uncond" in guidance.passes() and prompts.negative is None:
         raise InputError("negative prompt is required when cfg is not 1 (text CFG needs an unconditional pass)")
     sigmas = schedule(schedule_name, steps, int(latent.video[0, 0].numel()))
-    if float(sigmas[0]) < 1.0 and not bool((latent.video * latent.video_mask).any()):
+    if schedule_name in REFINING and not bool((latent.video * latent.video_mask).any()):
         raise InputError(f"schedule '{schedule_name}' starts at sigma {float(sigmas[0]):g}: it refines a latent "
                          f"(stage two: connect AVControl Latent Upscale), but this latent is empty; use 'ltx2' or "
                          f"'distilled' to generate from noise")

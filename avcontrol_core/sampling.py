@@ -25,6 +25,7 @@ from .latents import AVLatent, audio_state, unpatchify, video_state
 DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875, 0.0)
 DISTILLED_STAGE2_SIGMAS = (0.909375, 0.725, 0.421875, 0.0)
 SCHEDULES = ("ltx2", "distilled", "distilled_stage2")
+REFINING = ("distilled_stage2",)  # start below sigma 1: they refine a given latent (stage two), not noise
 
 
 @dataclass(frozen=True)
