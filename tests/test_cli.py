@@ -1,4 +1,4 @@
-"""The command line's two-stage path on the built-in tiny model: half-size first pass, upscale, refine, one mp4 at
+"""The command line on the built-in tiny model: the main job on its defaults; the two-stage path: half-size first pass, upscale, refine, one mp4 at
 the asked size; a size the half-size pass cannot take is refused before anything loads."""
 
 from __future__ import annotations
@@ -7,6 +7,15 @@ import pytest
 
 from avcontrol_core.__main__ import main
 from avcontrol_core.media import probe_mp4
+
+
+def test_the_main_job_on_its_defaults(tmp_path, monkeypatch):
+    """What the README's first command runs (256x160, 25 frames, 8 steps: a latent whose 'ltx2' schedule starts at
+    0.99999994, not 1, in ltx-core)."""
+    monkeypatch.setenv("AVCONTROL_CACHE", str(tmp_path / "cache"))
+    info = probe_mp4(main(["--out", str(tmp_path / "out")]))
+    assert (info["width"], info["height"], info["frames"], info["fps"]) == (256, 160, 25, 24.0)
+    assert info["audio_codec"] == "aac" and abs(info["audio_seconds"] - info["video_seconds"]) <= 1 / 24
 
 
 def test_two_stage_writes_the_asked_size(tmp_path, monkeypatch):
