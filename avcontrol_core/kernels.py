@@ -74,10 +74,11 @@ def stores_fp8(module: torch.nn.Module) -> bool:
 
 
 class FlashAttention3OrSdpa:
-    """FlashAttention 3 for unmasked calls, PyTorch SDPA when a mask is given (FA3 has no mask support)."""
+    """FlashAttention 3 for unmasked half-precision calls; PyTorch SDPA when a mask is given or the dtype is fp32
+    (FA3 supports neither)."""
 
     def __call__(self, q, k, v, heads, mask=None):
-        if mask is not None:
+        if mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
             return AttentionFunction.PYTORCH(q, k, v, heads, mask)
         return AttentionFunction.FLASH_ATTENTION_3(q, k, v, heads, mask)
 

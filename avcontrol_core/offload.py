@@ -1,9 +1,9 @@
 """GPU memory: block swap of the transformer, step-scoped placement of the other models, and out-of-memory handling.
 
 BlockSwap places a transformer by a Plan (offload_plan): fixed layers and resident blocks move to the device;
-each streamed block is packed once into one contiguous (pinned, on CUDA) host buffer and, while it runs, its
-parameters point into a device slot. Hooks on `transformer.transformer_blocks[i]` (ltx-core's LTXModel calls them
-in order) do the work:
+each streamed block is packed once into a contiguous (pinned, on CUDA) span of a host buffer shared with its
+neighbours (see host_buffers) and, while it runs, its parameters point into a device slot. Hooks on
+`transformer.transformer_blocks[i]` (ltx-core's LTXModel calls them in order) do the work:
 
 - transformer pre-hook: start the copies of the first streamed blocks (normally already in flight from the
   previous forward, see below);
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -105,23 +106,46 @@ def _nbytes(dtype: torch.dtype, shape: torch.Size) -> int:
     return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
 
 
-def _pack(block: torch.nn.Module, pin: bool) -> _Packed:
-    """Copy a block's tensors into one contiguous host buffer and point the block at it (reused if still in place)."""
+def _packed_in_place(block: torch.nn.Module, pin: bool) -> _Packed | None:
+    """The block's earlier pack, if its tensors still live there (pinned as asked): reused instead of packed again."""
     cached = getattr(block, "_avc_packed", None)
-    if cached is not None and all(_get(o, n).data_ptr() == v.data_ptr()
-                                  for (o, n, *_), v in zip(cached.entries, cached.views(cached.flat))):
+    if cached is None or (pin and not cached.flat.is_pinned()):
+        return None
+    if all(_get(o, n).data_ptr() == v.data_ptr() for (o, n, *_), v in zip(cached.entries, cached.views(cached.flat))):
         return cached
+    return None
+
+
+def _pack(block: torch.nn.Module, flat: torch.Tensor) -> _Packed:
+    """Copy a block's tensors into `flat` (uint8, packed_bytes(block) long) and point the block at it."""
     entries, offset = [], 0
     for owner, name, t in _tensors(block):
         entries.append((owner, name, offset, t.dtype, t.shape))
         offset += -(-_nbytes(t.dtype, t.shape) // ALIGN) * ALIGN
-    flat = torch.empty(max(offset, 1), dtype=torch.uint8, pin_memory=pin)
-    packed = _Packed(flat, entries)
-    for (owner, name, *_), view in zip(entries, packed.views(flat)):
+    packed = _Packed(flat[:offset], entries)
+    for (owner, name, *_), view in zip(entries, packed.views(packed.flat)):
         view.copy_(_get(owner, name))
         _set(owner, name, view)
     block._avc_packed = packed
     return packed
+
+
+def host_buffers(sizes: list[int]) -> list[list[int]]:
+    """Blocks grouped (in order) into host buffers for the packs. PyTorch's pinned-memory allocator rounds every
+    request up to a power of two, so one buffer per 19B block (0.72 GiB) would pin 1 GiB (+39%); each group here
+    fills the largest power of two not above what is left, so only the last, smallest buffers round up (30 such
+    blocks pin 23 GiB instead of 30). Returns the block positions of each buffer."""
+    groups, start = [], 0
+    while start < len(sizes):
+        left = sum(sizes[start:])
+        cap, end, used = 1 << (left.bit_length() - 1), start, 0
+        while end < len(sizes) and used + sizes[end] <= cap:
+            used += sizes[end]
+            end += 1
+        end = max(end, start + 1)  # a block larger than that power of two gets a buffer of its own
+        groups.append(list(range(start, end)))
+        start = end
+    return groups
 
 
 @dataclass
@@ -174,8 +198,7 @@ class BlockSwap:
             for owner, name, t in fixed + resident:
                 self._home.append((owner, name, t))
                 _set(owner, name, t.to(self.device))
-            for i in self.plan.streamed:
-                self._packed[i] = _pack(self.blocks[i], pin=self.cuda)
+            self._pack_streamed()
             if self.plan.streamed:
                 size = max(p.nbytes for p in self._packed.values())
                 for s in range(self.plan.slots):
@@ -196,6 +219,24 @@ class BlockSwap:
             raise
         self.installed = True
         return self
+
+    def _pack_streamed(self) -> None:
+        """Each streamed block's tensors into a packed host copy (pinned on CUDA): kept from an earlier placement when
+        still in place, else packed into buffers grouped by host_buffers."""
+        todo = []
+        for i in self.plan.streamed:
+            cached = _packed_in_place(self.blocks[i], self.cuda)
+            if cached is not None:
+                self._packed[i] = cached
+            else:
+                todo.append(i)
+        sizes = [packed_bytes(self.blocks[i]) for i in todo]
+        for group in host_buffers(sizes):
+            buffer = torch.empty(max(1, sum(sizes[j] for j in group)), dtype=torch.uint8, pin_memory=self.cuda)
+            offset = 0
+            for j in group:
+                self._packed[todo[j]] = _pack(self.blocks[todo[j]], buffer[offset:offset + sizes[j]])
+                offset += sizes[j]
 
     def remove(self) -> None:
         """Hooks off, streamed blocks back on their host copies, fixed layers and resident blocks back home."""
@@ -360,18 +401,22 @@ OOM_ERRORS = tuple({torch.OutOfMemoryError, torch.cuda.OutOfMemoryError})
 @contextlib.contextmanager
 def oom_guard(model, what: str, hints: Callable[[], list[str]]) -> Iterator[None]:
     """Turn an out-of-memory error inside the block into GPUMemoryError naming `hints()` (the settings to lower,
-    read when it happens), after `model.release_all()` (everything it held on the device given back)."""
+    read when it happens), after `model.release_all()` (everything it held on the device given back).
+
+    The failed computation's frames are cleared first: the new error's context (the OOM) and its traceback would
+    otherwise keep their locals, the activations, alive for as long as anyone holds the error."""
     failed = None
     try:
         yield
-    except OOM_ERRORS as err:  # leave the except block first, so the traceback's frames (activations) can go
+    except OOM_ERRORS as err:
         failed = str(err).splitlines()[0][:300]
+        traceback.clear_frames(err.__traceback__)  # frames still running (ours, the caller's) are left as they are
     if failed is None:
         return
     lower = hints()
     model.release_all()
     raise GPUMemoryError(f"ran out of GPU memory while {what}: lower {'; or '.join(lower)}. Everything the model "
-                         f"held on the GPU was released, so the next run starts clean. ({failed})")
+                         f"held on the GPU was released, so the next run starts clean. ({failed})") from None
 
 
 def sampling_hints(options, latent, fuse_loras: bool, plan: Plan | None) -> list[str]:

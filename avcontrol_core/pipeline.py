@@ -51,13 +51,20 @@ def run_sampler(
     check_controls(controls, latent, factor)
     size = f"sampling {latent.width}x{latent.height}x{latent.frames} with its audio"
     with oom_guard(model, size, lambda: sampling_hints(model.options, latent, fuse_loras, model.plan)):
-        references = build_references(model, latent, controls, factor)
-        rows = latent.batch * len(guidance.passes())
-        transformer = model.transformer_for_run(
-            run_activation_bytes(model.config, latent, rows, model.dtype, references))
-        with apply_loras(transformer, stack, fuse=fuse_loras):
-            return sample(
-                transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
-                causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
-                references=references, on_step=on_step, check_interrupted=check_interrupted,
-            )
+        return _denoise(model, prompts, latent, guidance, sigmas, seed, controls, stack, factor, fuse_loras,
+                        on_step, check_interrupted)
+
+
+def _denoise(model, prompts, latent, guidance, sigmas, seed, controls, stack, factor, fuse_loras, on_step,
+             check_interrupted) -> AVLatent:
+    """The device work of a run in a frame of its own, below the out-of-memory guard: when it fails, the guard clears
+    this frame and those under it (references, the placed transformer, activations) before freeing memory."""
+    references = build_references(model, latent, controls, factor)
+    rows = latent.batch * len(guidance.passes())
+    transformer = model.transformer_for_run(run_activation_bytes(model.config, latent, rows, model.dtype, references))
+    with apply_loras(transformer, stack, fuse=fuse_loras):
+        return sample(
+            transformer, latent, prompts.positive, prompts.negative, guidance, sigmas, seed,
+            causal_positions=model.causal_temporal_positions, dtype=model.dtype, device=model.device,
+            references=references, on_step=on_step, check_interrupted=check_interrupted,
+        )

@@ -6,10 +6,12 @@ attention and compile settings, and the host's "free memory" reaching our models
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import sys
 import types
+import weakref
 
 import pytest
 import torch
@@ -85,6 +87,18 @@ def test_a_19b_sized_stack_under_24_gb():
     assert plan.device_bytes == 24 * GIB
     gaps = {b - a for a, b in zip(plan.streamed, plan.streamed[1:])}
     assert gaps <= {1, 2}  # spread: no long runs of streamed blocks, no long runs of resident ones
+
+
+def test_host_buffers_fill_powers_of_two_by_hand():
+    """PyTorch pins each request rounded up to a power of two: 30 blocks of 0.72 GiB one by one would pin 30 GiB."""
+    block = int(0.72 * GIB)
+    groups = offload.host_buffers([block] * 30)
+    assert [len(g) for g in groups] == [22, 5, 2, 1]  # 15.84 of 16 GiB, 3.6 of 4, 1.44 of 2, 0.72 of 1
+    assert [i for g in groups for i in g] == list(range(30))
+    pinned = sum(1 << (len(g) * block - 1).bit_length() for g in groups)
+    assert pinned == 23 * GIB
+    assert offload.host_buffers([5, 100, 3]) == [[0], [1], [2]]  # 108 -> 64 holds only 5; 103 -> 64 < 100: alone
+    assert offload.host_buffers([]) == []
 
 
 def test_slots_fit_the_largest_streamed_block():
@@ -197,6 +211,11 @@ def test_weights_live_in_a_slot_only_while_their_block_runs(six_block_checkpoint
         packed = blocks[i]._avc_packed.flat
         w = blocks[i].attn1.to_q.weight
         assert not in_slot(w) and packed.data_ptr() <= w.data_ptr() < packed.data_ptr() + packed.numel()
+        assert packed.numel() == offload.packed_bytes(blocks[i])
+    groups = offload.host_buffers([offload.packed_bytes(blocks[i]) for i in (1, 3, 5)])
+    buffers = [blocks[i]._avc_packed.flat.untyped_storage().data_ptr() for i in (1, 3, 5)]
+    assert len(groups) < 3 and len(set(buffers)) == len(groups)  # the packs share host buffers as grouped
+    assert all(len({buffers[j] for j in g}) == 1 for g in groups)
     for h in handles:
         h.remove()
     swap.remove()
@@ -316,6 +335,24 @@ def test_out_of_memory_names_the_setting_and_frees_what_it_held(six_block_checkp
     handle.remove()
 
 
+def test_out_of_memory_lets_the_failed_runs_activations_go_while_the_error_is_held(six_block_checkpoint, ctx):
+    """ComfyUI keeps the error to report it; the activations of the failed forward must not live on in it."""
+    model = fresh(six_block_checkpoint)
+    alive = []
+
+    def out_of_memory(*_):
+        activation = torch.empty(1 << 20)  # a local of a frame inside the failed forward, as activations are
+        alive.append(weakref.ref(activation))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = model.transformer.transformer_blocks[3].register_forward_pre_hook(out_of_memory)
+    with pytest.raises(GPUMemoryError) as err:
+        run(model, ctx)
+    handle.remove()
+    gc.collect()
+    assert err.value is not None and alive and alive[0]() is None
+
+
 def test_step_components_one_at_a_time_with_a_budget(six_block_checkpoint, ctx):
     model = fresh(six_block_checkpoint, offload_budget_gb=budget_for(fresh(six_block_checkpoint), 2))
     run(model, ctx, steps=1)
@@ -393,11 +430,13 @@ def test_attention_setting(six_block_checkpoint, ctx, reference):
         backbone.ModelOptions(attention="flash")
 
 
-def test_flash_attention_3_falls_back_to_sdpa_for_masks():
+def test_flash_attention_3_falls_back_to_sdpa_for_masks_and_fp32():
     q = torch.randn(2, 5, 8)
     mask = torch.zeros(2, 5, 5)
     out = kernels.FlashAttention3OrSdpa()(q, q, q, 2, mask)
     assert torch.equal(out, kernels.AttentionFunction.PYTORCH(q, q, q, 2, mask))
+    # fp32 without a mask: FA3 has no fp32 kernel (here it is not even installed, so reaching it would raise)
+    assert torch.equal(kernels.FlashAttention3OrSdpa()(q, q, q, 2), kernels.AttentionFunction.PYTORCH(q, q, q, 2))
 
 
 def test_compiled_blocks_with_block_swap_equal_eager(six_block_checkpoint, ctx, reference):
