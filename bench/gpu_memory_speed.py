@@ -245,6 +245,8 @@ def main() -> None:
         reset_peak(device)
         seconds, out = fn()
         rows.append((name, seconds, peak(device), plan, out.float().cpu()))
+        memory = f"{rows[-1][2] / GIB:.2f} GB peak" if rows[-1][2] is not None else "peak n/a"
+        print(f"  {name}: {seconds:.4f} s/step, {memory}", flush=True)  # kept if a later row runs out of time
 
     row("official", lambda: official(transformer, latent, ctx, sigmas, dtype, device))
     row("ours", lambda: ours(transformer, latent, ctx, sigmas, dtype, device))
