@@ -58,11 +58,11 @@ def random_transformer(layers: int, heads: int, head_dim: int, device: torch.dev
         audio_attention_head_dim=head_dim // 2, audio_cross_attention_dim=heads * head_dim // 2,
     )
     with torch.device("meta"):
-        model = LTXModelConfigurator.from_config(config)
+        model = LTXModelConfigurator.from_config(config).to(dtype)  # cast on meta: never fp32 bytes on the device
     model = model.to_empty(device=device)
     with torch.no_grad():
         random_init_(model, seed=0)  # as tiny.spread_init_: unit-gain matrices, spread AdaLN and norms
-    model = align_with_current_source(model.to(dtype).eval().requires_grad_(False))
+    model = align_with_current_source(model.eval().requires_grad_(False))
     return model, config
 
 
