@@ -54,7 +54,8 @@ def decode_video(
 
 @torch.inference_mode()
 def decode_audio(model: AVModel, latent: AVLatent) -> dict:
-    """The clip's sound as AUDIO: stereo at the vocoder's rate (24 kHz), exactly frames/fps seconds long."""
+    """The clip's sound as AUDIO: stereo at the vocoder's rate (24 kHz for LTX-2; LTX-2.3's VocoderWithBWE declares
+    its own), exactly frames/fps seconds long."""
     decoder, vocoder = model.component("audio_decoder"), model.component("vocoder")
     waves = []
     for b in range(latent.batch):

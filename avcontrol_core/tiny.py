@@ -74,6 +74,20 @@ _TINY_VOCODER = {
 }
 
 
+# LTX-2.3's vocoder layout: a BigVGAN-v2 style vocoder (AMP1 blocks, snakebeta) to 16 kHz, then a bandwidth extension
+# generator whose residual over a resampled skip reaches 48 kHz (ltx-core's VocoderWithBWE, nested config)
+_AMP_VOCODER = {"resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3, 5]], "upsample_initial_channel": 32,
+                "resblock": "AMP1", "stereo": True, "activation": "snakebeta", "use_tanh_at_final": False,
+                "use_bias_at_final": False}
+_TINY_VOCODER_BWE = {
+    "vocoder": {**_AMP_VOCODER, "upsample_rates": [5, 4, 2, 2, 2], "upsample_kernel_sizes": [10, 8, 4, 4, 4]},
+    "bwe": {**_AMP_VOCODER, "upsample_rates": [6, 5, 2, 2, 2], "upsample_kernel_sizes": [12, 11, 4, 4, 4],
+            "input_sampling_rate": 16000, "output_sampling_rate": 48000, "n_fft": 512, "hop_length": 80,
+            "num_mels": 64},
+}
+_VERSION_VOCODER = {"ltx2": _TINY_VOCODER, "ltx2.3": _TINY_VOCODER_BWE}
+
+
 def tiny_config(version: str = "ltx2") -> dict:
     """The full metadata config of a tiny checkpoint in the given layout ('ltx2' = 19B, 'ltx2.3' = 22B)."""
     from . import tiny_text
@@ -86,7 +100,7 @@ def tiny_config(version: str = "ltx2") -> dict:
         "transformer": transformer,
         "vae": dict(_TINY_VAE),
         "audio_vae": json.loads(json.dumps(_TINY_AUDIO_VAE)),
-        "vocoder": dict(_TINY_VOCODER),
+        "vocoder": json.loads(json.dumps(_VERSION_VOCODER[version])),
     }
 
 

@@ -31,7 +31,8 @@ class AVCDecode:
     RETURN_NAMES = ("images", "audio", "fps")
     FUNCTION = "decode"
     CATEGORY = category("output")
-    DESCRIPTION = "Latent to frames (IMAGE), sound (AUDIO, 24 kHz stereo) and the clip's frame rate."
+    DESCRIPTION = ("Latent to frames (IMAGE), sound (AUDIO, stereo at the vocoder's rate: 24 kHz for LTX-2) and the "
+                   "clip's frame rate.")
 
     def decode(self, model, latent, tiled, tile_size, tile_overlap, tile_frames):
         from ..avcontrol_core.decode import decode_audio, decode_video, tiling

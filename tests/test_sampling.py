@@ -273,6 +273,20 @@ def test_video_decode_batch(tiny_model, ctx):
     assert rel(frames[:9], frames[9:]) > 0.01
 
 
+def test_ltx23_vocoder_with_bandwidth_extension_decodes_at_its_own_rate(tiny_model_23, make_context):
+    """LTX-2.3's vocoder layout (nested vocoder + bwe config, ltx-core's VocoderWithBWE): loads strictly and the sound
+    comes out at the rate its config declares, frames/fps seconds long, stereo."""
+    vocoder = tiny_model_23.component("vocoder")
+    rate = tiny_model_23.config["vocoder"]["bwe"]["output_sampling_rate"]
+    assert type(vocoder).__name__ == "VocoderWithBWE" and rate == 48000
+    out = run(tiny_model_23, make_context(tiny_model_23, seed=1), latent=latents.empty_latent(W, H, 17, 24.0),
+              steps=1)
+    audio = decode.decode_audio(tiny_model_23, out)
+    assert audio["sample_rate"] == rate and audio["waveform"].shape == (1, 2, round(17 / 24.0 * rate))
+    wave = audio["waveform"]
+    assert torch.isfinite(wave).all() and float(wave.abs().max()) <= 1.0 and float(wave.std()) > 1e-4
+
+
 @pytest.mark.parametrize("frames, fps", [(17, 24.0), (33, 25.0), (9, 30.0)])
 def test_audio_decode_length(tiny_model, ctx, frames, fps):
     out = run(tiny_model, ctx, latent=latents.empty_latent(W, H, frames, fps), steps=1)
