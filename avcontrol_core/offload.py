@@ -269,9 +269,18 @@ class BlockSwap:
 
     def _begin(self) -> None:
         for i in list(self._resting):  # a forward that raised half-way left a block pointing at its slot
-            self._slots[self._restore(i)].busy = False
+            self._release_slot(self._restore(i))
         self._cursor = 0
         self._fill()
+
+    def _release_slot(self, slot_index: int) -> _Slot:
+        """The slot may be refilled once the compute queued so far (which may read it) is done."""
+        slot = self._slots[slot_index]
+        slot.busy = False
+        if self.cuda:
+            slot.done = torch.cuda.Event()
+            slot.done.record(torch.cuda.current_stream(self.device))
+        return slot
 
     def invalidate(self) -> None:
         """Forget what the slots hold (call after editing streamed weights in place at home)."""
@@ -302,11 +311,7 @@ class BlockSwap:
 
     def _leave(self, i: int) -> None:
         slot_index = self._restore(i)
-        slot = self._slots[slot_index]
-        slot.busy = False
-        if self.cuda:
-            slot.done = torch.cuda.Event()
-            slot.done.record(torch.cuda.current_stream(self.device))
+        slot = self._release_slot(slot_index)
         if self._rewritten(i):
             slot.holds = None  # its contents came partly from replaced tensors: never reuse them as the block's
         if self.record:
