@@ -11,7 +11,7 @@ import torch
 from avcontrol_core.media import load_audio, load_image, probe_mp4, read_mp4
 from tests.workflow_format import check_pair, read_json
 from tests.workflow_run import run_api_workflow
-from tests.workflow_tiny import class_input_spec, tinify, write_inputs, write_preprocessor_models
+from tests.workflow_tiny import class_input_spec, same_version, tinify, write_inputs, write_preprocessor_models
 
 ROOT = Path(__file__).resolve().parents[1]
 API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
@@ -79,6 +79,15 @@ def test_workflows_exist():
     assert {"text_to_audio_video_api.json", "image_to_audio_video_api.json", "depth_control_api.json",
             "pose_control_api.json", "inpainting_control_api.json", "audio_intensity_control_api.json",
             "depth_and_voice_control_api.json"} <= names
+
+
+def test_each_workflow_runs_on_the_tiny_model_of_its_checkpoints_layout():
+    offered = ["avcontrol-tiny-ltx2.3.safetensors", "avcontrol-tiny-ltx2.safetensors"]  # sorted, as hosts list them
+    assert same_version("ltx-2-19b-dev.safetensors", offered) == "avcontrol-tiny-ltx2.safetensors"
+    assert same_version("ltx-2.3-22b-dev.safetensors", offered) == "avcontrol-tiny-ltx2.3.safetensors"
+    names = {read_json(p)[n]["inputs"]["ckpt_name"] for p in API_WORKFLOWS for n in read_json(p)
+             if read_json(p)[n]["class_type"] == "AVCModelLoader"}
+    assert {same_version(n, offered) for n in names} == set(offered)  # both layouts run end to end
 
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)

@@ -4,6 +4,7 @@ in-process workflow tests and the tests inside a real ComfyUI."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +49,14 @@ def tinify(api: dict, input_spec: Callable[[str], dict], overrides: dict | None 
             if options and value not in options:
                 tiny = [o for o in options if "tiny" in str(o)]
                 assert tiny, f"node {node_id} input {name!r}: {value!r} not offered and no tiny model in {options[:10]}"
-                node["inputs"][name] = tiny[0]
+                node["inputs"][name] = same_version(str(value), tiny)
     return api
+
+
+def same_version(name: str, tiny: list) -> Any:
+    """The tiny model of the layout a real file name names (LTX-2.3 for 'ltx-2.3-...', else LTX-2), else the first."""
+    version = "ltx2.3" if re.search(r"ltx-?2\.3", name, re.IGNORECASE) else "ltx2"
+    return next((o for o in tiny if str(o).endswith(f"-{version}.safetensors")), tiny[0])
 
 
 def class_input_spec(node_classes: dict[str, Any]) -> Callable[[str], dict]:
