@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import torch
 from ltx_core.model.transformer import attention as ltx_attention
-from ltx_core.model.transformer.attention import Attention, AttentionFunction
+from ltx_core.model.transformer.attention import (Attention, AttentionFunction, FlashAttention3, PytorchAttention,
+                                                  XFormersAttention)
 from ltx_core.quantization import QuantizationPolicy
 
 from .errors import InputError
@@ -79,8 +80,8 @@ class FlashAttention3OrSdpa:
 
     def __call__(self, q, k, v, heads, mask=None):
         if mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
-            return AttentionFunction.PYTORCH(q, k, v, heads, mask)
-        return AttentionFunction.FLASH_ATTENTION_3(q, k, v, heads, mask)
+            return PytorchAttention()(q, k, v, heads, mask)
+        return FlashAttention3()(q, k, v, heads, mask)
 
     def __repr__(self) -> str:
         return "FlashAttention3OrSdpa()"
@@ -113,7 +114,9 @@ def resolve_attention(name: str, device: torch.device) -> tuple[str, Callable]:
             name = "xformers"
         else:
             name = "sdpa"
-    kernel = {"sdpa": AttentionFunction.PYTORCH, "xformers": AttentionFunction.XFORMERS,
+    # plain callables, not ltx-core's AttentionFunction enum members: torch.compile cannot trace an enum's __call__
+    # (one graph break per attention layer)
+    kernel = {"sdpa": PytorchAttention(), "xformers": XFormersAttention(),
               "flash_attention_3": FlashAttention3OrSdpa()}[name]
     return name, kernel
 

@@ -195,9 +195,10 @@ class BlockSwap:
             block_ids = {id(m) for b in self.blocks for m in b.modules()}
             fixed = [(o, name, t) for o, name, t in _tensors(self.transformer) if id(o) not in block_ids]
             resident = [x for i in self.plan.resident for x in _tensors(self.blocks[i])]
-            for owner, name, t in fixed + resident:
-                self._home.append((owner, name, t))
-                _set(owner, name, t.to(self.device))
+            for owner, name, _ in fixed + resident:
+                home = _get(owner, name)  # the tensor itself: a Parameter's .data is about to be replaced
+                self._home.append((owner, name, home))
+                _set(owner, name, home.to(self.device))
             self._pack_streamed()
             if self.plan.streamed:
                 size = max(p.nbytes for p in self._packed.values())
