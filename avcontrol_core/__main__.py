@@ -66,20 +66,24 @@ def main(argv: list[str] | None = None) -> Path:
     from .text_encoder import encode_prompt_pair, load_prompt_encoder
 
     empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
-    two_stage = args.upscaler is not None
-    if two_stage and (args.width % 64 or args.height % 64):
-        raise SystemExit(f"--width and --height must be multiples of 64 with --upscaler (stage one samples at half "
-                         f"size), got {args.width}x{args.height}")
-    scale = 2 if two_stage else 1
-    latent = empty_latent(args.width // scale, args.height // scale, args.frames, args.fps)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     if args.checkpoint and not args.gemma:
         raise SystemExit("--gemma is required with --checkpoint")
+    if args.distilled_lora and not args.upscaler:
+        raise SystemExit("--distilled-lora is stage two's LoRA: it needs --upscaler (two-stage inference)")
+    if args.upscaler == "tiny" and args.checkpoint:
+        raise SystemExit("--upscaler tiny goes with the built-in tiny model; with --checkpoint name the upsampler file")
+    for flag in ("upscaler", "distilled_lora"):
+        value = getattr(args, flag)
+        if value and value != "tiny" and not Path(value).is_file():
+            raise SystemExit(f"--{flag.replace('_', '-')}: file not found: {value}")
     tiny = None if args.checkpoint else _tiny_paths()
+    stage_two = _load_stage_two(args, tiny) if args.upscaler else None  # the files checked before any sampling
+    width, height = stage_two[2] if stage_two else (args.width, args.height)
+    latent = empty_latent(width, height, args.frames, args.fps)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else (tiny["checkpoint_ltx2"],
                                                                                      tiny["gemma"])
-    upscaler = tiny["upscaler"] if args.upscaler == "tiny" and tiny else args.upscaler
     model = load_model(ckpt, device, dtype)
     encoder = load_prompt_encoder(gemma, model.path, model.config, device, dtype)
     prompts = encode_prompt_pair(encoder, args.prompt, args.negative)
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
     with tqdm(total=step_count(args.schedule, args.steps), desc="sampling", file=sys.stderr) as bar:
         out = run_sampler(model, prompts, latent, guidance, steps=args.steps, schedule_name=args.schedule,
                           seed=args.seed, on_step=lambda done, total: bar.update(1))
-    if two_stage:
-        out = _stage_two(model, prompts, out, Path(upscaler), args, image if args.image else None)
+    if stage_two:
+        out = _stage_two(model, prompts, out, stage_two, args.seed, image if args.image else None)
     model.release("transformer")
     frames, audio = decode_video(model, out), decode_audio(model, out)
     path = unique_output_path(args.out, args.prefix, ".mp4")
@@ -103,23 +107,37 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
-def _stage_two(model, prompts, latent, upscaler: Path, args, image):
+def _load_stage_two(args, tiny: dict | None):
+    """(upsampler, distilled LoRA stack or None, stage one's (width, height)), read and checked before any sampling."""
+    from .errors import InputError
+    from .lora import LoraStack, read_lora
+    from .upsampler import load_upsampler, stage_one_size
+
+    upsampler = load_upsampler(tiny["upscaler"] if args.upscaler == "tiny" else args.upscaler)
+    try:
+        size = stage_one_size(args.width, args.height, upsampler)
+    except InputError as err:
+        raise SystemExit(f"--{err}") from None
+    loras = LoraStack().add(read_lora(args.distilled_lora), 1.0) if args.distilled_lora else None
+    return upsampler, loras, size
+
+
+def _stage_two(model, prompts, latent, stage_two, seed: int, image):
     """Upscale stage one's latent (its sound kept) and refine it on the 3-step distilled_stage2 schedule."""
     from tqdm.auto import tqdm
 
     from .conditioning import encode_first_frame
     from .latents import condition_first_frame
-    from .lora import LoraStack, read_lora
     from .pipeline import run_sampler
     from .sampling import step_count
-    from .upsampler import load_upsampler, upscale_latent, video_statistics
+    from .upsampler import upscale_for_model
 
-    up = upscale_latent(latent, load_upsampler(upscaler), video_statistics(model.path), device=model.device)
+    upsampler, loras, _ = stage_two
+    up = upscale_for_model(model, latent, upsampler)
     if image is not None:
         up = condition_first_frame(up, encode_first_frame(model, image, up.width, up.height), 1.0)
-    loras = LoraStack().add(read_lora(args.distilled_lora), 1.0) if args.distilled_lora else None
     with tqdm(total=step_count("distilled_stage2", 3), desc="stage two", file=sys.stderr) as bar:
-        return run_sampler(model, prompts, up, None, steps=3, schedule_name="distilled_stage2", seed=args.seed,
+        return run_sampler(model, prompts, up, None, steps=3, schedule_name="distilled_stage2", seed=seed,
                            loras=loras, on_step=lambda done, total: bar.update(1))
 
 

@@ -51,6 +51,7 @@ class AVLatent:
     frames: int
     width: int
     height: int
+    upscaled: bool = False  # stage two's input (upsampler.upscale_latent): to be refined, never re-noised
 
     @property
     def batch(self) -> int:
@@ -130,7 +131,7 @@ def unpatchify(latent: AVLatent, video_tokens: torch.Tensor, audio_tokens: torch
     audio = AUDIO_PATCHIFIER.unpatchify(audio_tokens, output_shape=a_shape).float().cpu()
     return latent.replace(
         video=video, audio=audio,
-        video_mask=torch.ones_like(latent.video_mask), audio_mask=torch.ones_like(latent.audio_mask),
+        video_mask=torch.ones_like(latent.video_mask), audio_mask=torch.ones_like(latent.audio_mask), upscaled=False,
     )
 
 

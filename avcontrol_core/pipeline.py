@@ -46,6 +46,9 @@ def run_sampler(
         raise InputError(f"schedule '{schedule_name}' starts at sigma {float(sigmas[0]):g}: it refines a latent "
                          f"(stage two: connect AVControl Latent Upscale), but this latent is empty; use 'ltx2' or "
                          f"'distilled' to generate from noise")
+    if schedule_name not in REFINING and latent.upscaled:
+        raise InputError(f"schedule must be one of {REFINING} for an upscaled latent (stage two refines it), got "
+                         f"{schedule_name!r}, which starts from pure noise and would discard stage one")
     stack = lora_stack(controls, loras)
     factor = stack.reference_downscale_factor  # two LoRAs of one run declaring different factors: an error
     check_controls(controls, latent, factor)

@@ -219,7 +219,7 @@ def write_tiny_depth_anything(folder: str | Path) -> Path:
 
 
 def tiny_upscaler_config(mid_channels: int = 32) -> dict:
-    """The released x2 spatial upsampler's config (its metadata) with a narrow middle (the real one is 512 wide)."""
+    """The released x2 spatial upsampler's config keys (its metadata) with a narrow middle and one block per stage."""
     return {"_class_name": "LatentUpsampler", "in_channels": 128, "mid_channels": mid_channels,
             "num_blocks_per_stage": 1, "dims": 3, "spatial_upsample": True, "temporal_upsample": False,
             "spatial_scale": 2.0, "rational_resampler": False}

@@ -7,22 +7,25 @@ stage two refines it with the distilled LoRA on the 'distilled_stage2' schedule,
 upsampled latent instead of pure noise. The stage-two sampler re-encodes the controls at the new size.
 
 Sound: "keep" holds stage one's audio fixed through stage two (its tokens stay clean, at t=0, so the video refinement
-hears the finished sound; the official pipeline also returns stage one's audio); "refine" re-noises it with the video
-and lets stage two refine both.
+hears the finished sound; Lightricks' ti2vid two-stage pipeline also returns stage one's audio, its IC-LoRA pipeline
+stage two's); "refine" re-noises it with the video and lets stage two refine both.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from ltx_core.model.upsampler import LatentUpsampler, LatentUpsamplerConfigurator
+from ltx_core.model.upsampler.spatial_rational_resampler import SpatialRationalResampler
 from ltx_core.model.video_vae.ops import PerChannelStatistics
 
 from . import checkpoint as ckpt
 from .errors import InputError, require
 from .latents import SCALE, VIDEO_CHANNELS, AVLatent, validate_size
+from .offload import empty_cache
 
 AUDIO_MODES = ("keep", "refine")
 STATISTICS_PREFIX = "vae.per_channel_statistics."
@@ -71,34 +74,75 @@ def video_statistics(checkpoint: str | Path) -> PerChannelStatistics:
     return stats
 
 
+def upscaled_side(n: int, upsampler: LatentUpsampler) -> int:
+    """A latent side of `n` after the upsampler: x2 pixel shuffle doubles it; the rational resamplers (LTX-2.3's x1.5)
+    shuffle up by num and blur-downsample by den with stride, giving (n*num - 1) // den + 1."""
+    resampler = getattr(upsampler, "upsampler", None)
+    if isinstance(resampler, SpatialRationalResampler):
+        return (n * resampler.num - 1) // resampler.den + 1
+    return round(n * float(upsampler.spatial_scale))
+
+
+def stage_one_size(width: int, height: int, upsampler: LatentUpsampler) -> tuple[int, int]:
+    """(width, height) to sample stage one at so that the upsampler gives exactly `width` x `height`."""
+    out = []
+    for name, side in (("width", width), ("height", height)):
+        target = side // SCALE.width
+        n = max(1, round(target / float(upsampler.spatial_scale)))
+        if side % SCALE.width or upscaled_side(n, upsampler) != target:
+            scale = float(upsampler.spatial_scale)
+            raise InputError(f"{name} must be a size this x{scale:g} upsampler reaches from a whole stage-one latent "
+                             f"({name} / {scale:g} a multiple of 32; x2: multiples of 64), got {side}")
+        out.append(n * SCALE.width)
+    return out[0], out[1]
+
+
 @torch.inference_mode()
 def upscale_latent(latent: AVLatent, upsampler: LatentUpsampler, statistics: PerChannelStatistics, *,
-                   audio: str = "keep", device: torch.device | str = "cpu") -> AVLatent:
+                   audio: str = "keep", device: torch.device | str = "cpu",
+                   dtype: torch.dtype | None = None) -> AVLatent:
     """Stage two's input: `latent`'s video upsampled in space (ltx-core's upsample_video: un-normalise, upsample,
-    normalise; the statistics in fp32, the upsampler in its own dtype, on `device` for the call only), to be denoised
-    in full (mask 1); its sound kept clean (mask 0) or marked for refinement (mask 1) by `audio`."""
+    normalise; the statistics in fp32, the upsampler in `dtype` (default: its own) on `device` for the call only, the
+    loaded one left as it was), to be denoised in full (mask 1); its sound kept clean (mask 0) or marked for
+    refinement (mask 1) by `audio`. The result is marked `upscaled` (the sampler refines it, never re-noises it)."""
     require(audio in AUDIO_MODES, "audio", f"one of {AUDIO_MODES}", audio)
     if not bool(latent.video.any()):
         raise InputError("latent is empty (all zeros): upscale the latent that the stage-one sampler returns")
-    scale = float(upsampler.spatial_scale)
-    height, width = round(latent.video.shape[3] * scale), round(latent.video.shape[4] * scale)
+    height, width = (upscaled_side(n, upsampler) for n in latent.video.shape[3:])
     validate_size(width * SCALE.width, height * SCALE.height, latent.frames, latent.fps)  # before any work
     param = next(upsampler.parameters())
-    home, dtype = param.device, param.dtype
-    device = torch.device(device)
+    device, dtype = torch.device(device), dtype or param.dtype
+    # a copy when the dtype changes (the loaded upsampler is shared between runs), else moved there and back
+    runner = copy.deepcopy(upsampler).to(device, dtype) if dtype != param.dtype else upsampler.to(device)
     try:
-        upsampler.to(device)
         x = statistics.un_normalize(latent.video.to(device, torch.float32))
-        x = upsampler(x.to(dtype)).float()
+        x = runner(x.to(dtype)).float()
         video = statistics.normalize(x).cpu()
     finally:
-        upsampler.to(home)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        upsampler.to(param.device)
+        del runner
+        empty_cache(device)
     b, _, f, h, w = video.shape
     keep = audio == "keep"
     return latent.replace(
         video=video, video_mask=torch.ones(b, 1, f, h, w),
         audio=latent.audio.clone(), audio_mask=torch.full_like(latent.audio_mask, 0.0 if keep else 1.0),
-        width=w * SCALE.width, height=h * SCALE.height,
+        width=w * SCALE.width, height=h * SCALE.height, upscaled=True,
     )
+
+
+def upscale_for_model(model, latent: AVLatent, upsampler: LatentUpsampler, audio: str = "keep") -> AVLatent:
+    """upscale_latent on the model's device and in its dtype, after making room there (a budgeted transformer is
+    parked, the host asked to free what the upsampler and its activations need); running out of memory raises
+    GPUMemoryError naming what to lower, after the model released what it held."""
+    from .offload import oom_guard, tensor_bytes
+
+    stats = video_statistics(model.path)
+    if model.device.type != "cpu":
+        model.park()
+        if model.on_device_request is not None:
+            activations = latent.video.numel() * 4 * 4 * 2 * upsampler.mid_channels // VIDEO_CHANNELS
+            model.on_device_request(tensor_bytes(upsampler) + activations)
+    hints = lambda: [f"the stage-one size ({latent.width}x{latent.height}) or frames ({latent.frames})"]  # noqa: E731
+    with oom_guard(model, f"upscaling a {latent.width}x{latent.height}x{latent.frames} latent", hints):
+        return upscale_latent(latent, upsampler, stats, audio=audio, device=model.device, dtype=model.dtype)

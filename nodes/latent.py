@@ -77,14 +77,14 @@ class AVCLatentUpscale:
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "The LTX-2 model: its video VAE's latent statistics frame the "
-                                  "upsampler's input and output, and the upsampler runs on its device."}),
+                                  "upsampler's input and output; the upsampler runs on its device, in its dtype."}),
                 "upscaler": (UPSCALER, {"tooltip": "From Load AVControl Latent Upscaler."}),
                 "latent": (LATENT, {"tooltip": "Stage one's result (the first sampler's output), generated at "
                                     "half the final width and height."}),
                 "audio": (["keep", "refine"], {"default": "keep", "tooltip":
                     "keep: stage one's sound is final; stage two refines the video while hearing it clean "
-                    "(the official pipeline also keeps stage one's sound). refine: stage two re-noises the sound "
-                    "with the video and refines both."}),
+                    "(as Lightricks' ti2vid two-stage pipeline returns stage one's sound). refine: stage two "
+                    "re-noises the sound with the video and refines both."}),
             }
         }
 
@@ -97,6 +97,6 @@ class AVCLatentUpscale:
                    "noise; controls and image-to-video are re-applied at the new size.")
 
     def upscale(self, model, upscaler, latent, audio):
-        from ..avcontrol_core.upsampler import upscale_latent, video_statistics
+        from ..avcontrol_core.upsampler import upscale_for_model
 
-        return (upscale_latent(latent, upscaler, video_statistics(model.path), audio=audio, device=model.device),)
+        return (upscale_for_model(model, latent, upscaler, audio),)

@@ -49,7 +49,7 @@ def release_cached_models() -> None:
 
 _models = _LRU(2)  # an LTX-2 model and its text encoder are tens of GB: keep only the current pair
 _loras = _LRU(16)  # LoRAs are small
-_upscalers = _LRU(2)  # a few hundred MB each, held in host memory
+_upscalers = _LRU(2)  # about 1 GB each (bf16), held in host memory
 
 
 def clear_cache() -> None:
@@ -90,8 +90,9 @@ class AVCModelLoader:
                 "ckpt_name": (host.list_models("checkpoints"), {
                     "tooltip": "Single-file LTX-2 / LTX-2.3 checkpoint (.safetensors with its config in the metadata), "
                     "from models/checkpoints. Holds transformer, video VAE, audio VAE, vocoder and text connectors. "
-                    "Pre-quantised fp8 files (e.g. ltx-2-19b-dev-fp8) are dequantised as they load; pick "
-                    "weights fp8 to keep them in 8 bits."}),
+                    "Pre-quantised fp8 files (e.g. ltx-2-19b-dev-fp8) are dequantised as they load (fp8 value x "
+                    "its scale). With weights fp8 they are cast to 8 bits again without their scales, as ltx-core's "
+                    "fp8 cast does: half the memory, a little more rounding than the file's own."}),
                 "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip":
                     "Weight and compute precision. bf16: the models' native precision (19B needs ~38 GB at bf16). "
                     "fp32 doubles memory; use it on CPU or for debugging."}),

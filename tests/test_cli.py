@@ -27,8 +27,15 @@ def test_two_stage_writes_the_asked_size(tmp_path, monkeypatch):
     assert abs(info["audio_seconds"] - info["video_seconds"]) <= 1 / 24
 
 
-def test_two_stage_needs_sides_that_halve_onto_the_grid(tmp_path, monkeypatch):
+def test_two_stage_inputs_are_refused_before_any_sampling(tmp_path, monkeypatch):
     monkeypatch.setenv("AVCONTROL_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(SystemExit, match="multiples of 64 with --upscaler .* got 96x64"):
-        main(["--upscaler", "tiny", "--width", "96", "--height", "64", "--frames", "9"])
-    assert not (tmp_path / "cache").exists()  # refused before the tiny models were even written
+    out = ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="--width must be a size this x2 upsampler reaches .* got 96"):
+        main(["--upscaler", "tiny", "--width", "96", "--height", "64", "--frames", "9", *out])
+    with pytest.raises(SystemExit, match="--distilled-lora is stage two's LoRA: it needs --upscaler"):
+        main(["--distilled-lora", str(tmp_path / "x.safetensors"), *out])
+    with pytest.raises(SystemExit, match="--upscaler: file not found: .*nowhere.safetensors"):
+        main(["--upscaler", str(tmp_path / "nowhere.safetensors"), *out])
+    with pytest.raises(SystemExit, match="--upscaler tiny goes with the built-in tiny model"):
+        main(["--upscaler", "tiny", "--checkpoint", "a.safetensors", "--gemma", "g", *out])
+    assert not (tmp_path / "out").exists()  # nothing was sampled or written

@@ -24,7 +24,7 @@ plan_of = on_cpu.plan_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
     "needs a CUDA GPU: block swap on CUDA (side stream, pinned copies) equals resident, a real CUDA OOM returns "
-    "the memory, fp8 / 'auto' attention / inductor compile on CUDA"))
+    "the memory, fp8 / 'auto' attention / inductor compile / two-stage upscale / pre-quantised fp8 files on CUDA"))
 
 CUDA = torch.device("cuda")
 MIB = 2**20
@@ -248,3 +248,36 @@ def test_compiled_blocks_with_block_swap_on_cuda(checkpoint, ctx):
     assert same(swapped, resident)
     assert rel(swapped.video, eager.video) < BF16_TOLERANCE and rel(swapped.audio, eager.audio) < BF16_TOLERANCE
     torch._dynamo.reset()
+
+
+# --- two-stage upscale and pre-quantised fp8 files on CUDA -------------------------------------------------------------
+
+
+def test_upscale_on_cuda_matches_the_cpu_and_leaves_nothing_behind(tiny_models, make_context):
+    from avcontrol_core.conditioning import PromptPair
+    from avcontrol_core.pipeline import run_sampler
+    from avcontrol_core.upsampler import load_upsampler, upscale_for_model
+
+    cpu = backbone.load_model(tiny_models["checkpoint_ltx2"], "cpu", "fp32")
+    prompts = PromptPair(make_context(cpu, seed=3), None)
+    stage_one = run_sampler(cpu, prompts, latents.empty_latent(64, 64, 9, FPS), Guidance(), steps=2,
+                            schedule_name="ltx2", seed=5)
+    upsampler = load_upsampler(tiny_models["upscaler"])
+    expected = upscale_for_model(cpu, stage_one, upsampler)
+    for dtype, tolerance in (("fp32", 1e-3), ("bf16", 3e-2)):
+        model = backbone.load_model(tiny_models["checkpoint_ltx2"], CUDA, dtype, SDPA)
+        before = settle()
+        out = upscale_for_model(model, stage_one, upsampler)
+        assert out.video.device.type == "cpu" and rel(out.video, expected.video) < tolerance
+        assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in upsampler.parameters())
+        assert settle() - before <= LEAK_TOLERANCE
+
+
+def test_a_prequantised_fp8_file_loads_on_cuda(tiny_models, tmp_path):
+    from tests.test_fp8_checkpoint import quantised_copy
+
+    path, expected = quantised_copy(tiny_models["checkpoint_ltx2"], tmp_path / "fp8.safetensors")
+    params = dict(backbone.load_model(path, CUDA, "fp32", SDPA).transformer.named_parameters())
+    assert all(torch.equal(params[n].cpu(), v) and params[n].is_cuda for n, v in expected.items())
+    fp8 = dict(backbone.load_model(path, CUDA, "bf16", FP8).transformer.named_parameters())
+    assert all(fp8[n].dtype == kernels.FP8 and fp8[n].is_cuda for n in expected)

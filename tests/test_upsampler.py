@@ -15,7 +15,8 @@ from avcontrol_core.conditioning import PromptPair
 from avcontrol_core.errors import InputError
 from avcontrol_core.guidance import Guidance
 from avcontrol_core.pipeline import run_sampler
-from avcontrol_core.upsampler import load_upsampler, upscale_latent, video_statistics
+from avcontrol_core.upsampler import (load_upsampler, stage_one_size, upscale_for_model, upscale_latent,
+                                      upscaled_side, video_statistics)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,40 @@ def test_bad_inputs_are_refused_before_any_work(tiny_models, tiny_model, make_co
     prompts = PromptPair(make_context(tiny_model), None)
     with pytest.raises(InputError, match="schedule 'distilled_stage2' starts at sigma 0.909375: it refines a latent"):
         run_sampler(tiny_model, prompts, empty, Guidance(), steps=3, schedule_name="distilled_stage2", seed=0)
+
+
+def test_the_rational_x1_5_resampler_sizes_are_predicted_exactly(tmp_path):
+    """LTX-2.3 ships x1.5 upsamplers (shuffle up by 3, blur-downsample by 2): odd sides do not scale by exactly 1.5."""
+    path = tiny.write_tiny_upscaler(tmp_path / "x1.5.safetensors",
+                                    {**tiny.tiny_upscaler_config(), "rational_resampler": True, "spatial_scale": 1.5})
+    up = load_upsampler(path)
+    for n in (2, 3, 4, 7):
+        with torch.inference_mode():
+            out = up(torch.randn(1, 128, 1, n, n))
+        assert out.shape[-1] == upscaled_side(n, up) == (3 * n - 1) // 2 + 1
+    assert stage_one_size(96, 192, up) == (64, 128)
+    with pytest.raises(InputError, match="width must be a size this x1.5 upsampler reaches .* got 80"):
+        stage_one_size(80, 96, up)
+
+
+def test_upscale_runs_in_the_models_dtype_on_a_copy_and_marks_the_latent(tiny_models, tiny_model, upsampler,
+                                                                         stage_one):
+    before = {n: p.clone() for n, p in upsampler.state_dict().items()}
+    stats = video_statistics(tiny_models["checkpoint_ltx2"])
+    bf16 = upscale_latent(stage_one, upsampler, stats, dtype=torch.bfloat16)
+    fp32 = upscale_latent(stage_one, upsampler, stats)
+    assert 0 < float((bf16.video - fp32.video).norm() / fp32.video.norm()) < 0.05  # it did run in bf16
+    assert all(torch.equal(p, before[n]) and p.dtype == torch.float32 for n, p in upsampler.state_dict().items())
+    assert bf16.upscaled and fp32.upscaled and not stage_one.upscaled
+    via_model = upscale_for_model(tiny_model, stage_one, upsampler)  # the model's device and dtype (fp32, CPU)
+    assert torch.equal(via_model.video, fp32.video)
+
+
+def test_an_upscaled_latent_is_never_re_noised(tiny_models, tiny_model, make_context, upsampler, stage_one):
+    up = upscale_latent(stage_one, upsampler, video_statistics(tiny_models["checkpoint_ltx2"]))
+    prompts = PromptPair(make_context(tiny_model), None)
+    for schedule in ("ltx2", "distilled"):
+        with pytest.raises(InputError, match=f"schedule must be one of .*distilled_stage2.* got '{schedule}'"):
+            run_sampler(tiny_model, prompts, up, Guidance(), steps=2, schedule_name=schedule, seed=0)
+    refined = run_sampler(tiny_model, prompts, up, Guidance(), steps=3, schedule_name="distilled_stage2", seed=0)
+    assert not refined.upscaled  # a finished latent again
