@@ -111,15 +111,16 @@ def upscale_latent(latent: AVLatent, upsampler: LatentUpsampler, statistics: Per
     height, width = (upscaled_side(n, upsampler) for n in latent.video.shape[3:])
     validate_size(width * SCALE.width, height * SCALE.height, latent.frames, latent.fps)  # before any work
     param = next(upsampler.parameters())
-    device, dtype = torch.device(device), dtype or param.dtype
+    home, own = param.device, param.dtype  # read now: moving the module changes the Parameter's device in place
+    device, dtype = torch.device(device), dtype or own
     # a copy when the dtype changes (the loaded upsampler is shared between runs), else moved there and back
-    runner = copy.deepcopy(upsampler).to(device, dtype) if dtype != param.dtype else upsampler.to(device)
+    runner = copy.deepcopy(upsampler).to(device, dtype) if dtype != own else upsampler.to(device)
     try:
         x = statistics.un_normalize(latent.video.to(device, torch.float32))
         x = runner(x.to(dtype)).float()
         video = statistics.normalize(x).cpu()
     finally:
-        upsampler.to(param.device)
+        upsampler.to(home)
         del runner
         empty_cache(device)
     b, _, f, h, w = video.shape
