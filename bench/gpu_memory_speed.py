@@ -10,6 +10,7 @@ TFLOP/s for:
 
   official   ltx-core's X0Model + EulerDiffusionStep on the same Modality inputs (the official denoising loop)
   ours       our sampler (avcontrol_core.sampling.sample), everything resident, bf16
+  +compile   (with --compile) ours with each block through torch.compile (inductor); compile time printed
   swap       ours with block swap under --budget-gb (24 GB), bf16
   fp8        ours with fp8 weight storage (ltx-core's fp8 cast), everything resident
   fp8+swap   ours with fp8 storage and block swap under --fp8-budget-gb
@@ -136,11 +137,13 @@ class StepClock:
         return (steps[-1] - steps[0]) / (len(steps) - 1)
 
 
-def ours(transformer, latent, ctx, sigmas, dtype, device):
+def ours(transformer, latent, ctx, sigmas, dtype, device, first_step: list | None = None):
     clock = StepClock(device)
     clock.start()
     out = sample(transformer, latent, ctx, None, Guidance(), sigmas, 0, causal_positions=True, dtype=dtype,
                  device=device, on_step=clock)
+    if first_step is not None:
+        first_step.append(clock.stamps[1] - clock.stamps[0])
     return clock.per_step(), out.video
 
 
@@ -209,6 +212,7 @@ def main() -> None:
     p.add_argument("--fp8-budget-gb", type=float, help="block swap budget, fp8 row (default 12; --tiny: half)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, if not in the table")
+    p.add_argument("--compile", action="store_true", help="add a row with per-block torch.compile (inductor)")
     args = p.parse_args()
     device = torch.device(args.device)
     width, height, frames = (args.width or (64 if args.tiny else 768), args.height or (64 if args.tiny else 512),
@@ -250,6 +254,12 @@ def main() -> None:
 
     row("official", lambda: official(transformer, latent, ctx, sigmas, dtype, device))
     row("ours", lambda: ours(transformer, latent, ctx, sigmas, dtype, device))
+    if args.compile:  # per-block inductor compile: the first (untimed) step compiles, the rest run compiled
+        first = []
+        kernels.compile_blocks(transformer)
+        row("ours+compile", lambda: ours(transformer, latent, ctx, sigmas, dtype, device, first))
+        kernels.uncompile_blocks(transformer)
+        print(f"  compile: first step {first[0]:.1f} s (compiling) against {rows[-1][1]:.4f} s/step after")
 
     budget = args.budget_gb or (half_budget(blocks) if args.tiny else 24.0)
     plan = plan_block_swap(blocks, fixed, int(budget * GIB), free_device_bytes(device) + sum(blocks) + fixed, act)
