@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from avcontrol_core import backbone, kernels, latents, offload, sampling, tiny
+from avcontrol_core import backbone, kernels, latents, offload, sampling
 from avcontrol_core.guidance import Guidance
 from avcontrol_core.offload import BlockSwap, GPUMemoryError
 from tests import test_offload as on_cpu
@@ -39,11 +37,7 @@ FP8 = backbone.ModelOptions(weights="fp8", attention="sdpa")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    config = tiny.tiny_config("ltx2")
-    config["transformer"]["num_layers"] = LAYERS
-    path = tmp_path_factory.mktemp("cuda") / "avcontrol-tiny-6.safetensors"
-    save_file(tiny.tiny_state_dict(config, seed=3), str(path), metadata={"config": json.dumps(config)})
-    return path
+    return on_cpu.write_six_block_checkpoint(tmp_path_factory.mktemp("cuda"))
 
 
 @pytest.fixture(scope="module")

@@ -111,13 +111,17 @@ def test_slots_fit_the_largest_streamed_block():
 # --- a 6-block tiny model ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def six_block_checkpoint(tmp_path_factory):
+def write_six_block_checkpoint(folder):
     config = tiny.tiny_config("ltx2")
     config["transformer"]["num_layers"] = LAYERS
-    path = tmp_path_factory.mktemp("six") / "avcontrol-tiny-6.safetensors"
+    path = folder / "avcontrol-tiny-6.safetensors"
     save_file(tiny.tiny_state_dict(config, seed=3), str(path), metadata={"config": json.dumps(config)})
     return path
+
+
+@pytest.fixture(scope="module")
+def six_block_checkpoint(tmp_path_factory):
+    return write_six_block_checkpoint(tmp_path_factory.mktemp("six"))
 
 
 @pytest.fixture(scope="module")
