@@ -67,10 +67,7 @@ def build_component(
     tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if fp8 else device)
     scales = ckpt.pop_fp8_scales(tensors)  # a pre-quantised fp8 file: dequantised below, one tensor at a time
     ckpt.drop_unused_statistics(tensors, expected)
-    ckpt.check_keys(path.name, component, expected.keys(), tensors.keys())
-    wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items() if t.shape != expected[k].shape]
-    if wrong:
-        raise InputError(f"{path.name}: {component} tensor shapes do not match its config: {ckpt._short(wrong)}")
+    ckpt.check_state(path.name, component, expected, tensors)
     for name, value in tensors.items():
         if name in scales:
             value = value.float() * scales[name].to(value.device, torch.float32)

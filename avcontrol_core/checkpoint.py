@@ -177,6 +177,21 @@ def check_keys(file_name: str, component: str, expected: Iterable[str], found: I
     )
 
 
+def shape_mismatches(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """'key (file shape) vs (expected shape)' for every tensor whose shape differs from the module's."""
+    return [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items()
+            if t.shape != expected[k].shape]
+
+
+def check_state(file_name: str, component: str, expected: dict[str, torch.Tensor],
+                tensors: dict[str, torch.Tensor]) -> None:
+    """check_keys, then refuse tensors whose shapes differ from the module's config, listing them."""
+    check_keys(file_name, component, expected.keys(), tensors.keys())
+    wrong = shape_mismatches(expected, tensors)
+    if wrong:
+        raise InputError(f"{file_name}: {component} tensor shapes do not match its config: {_short(wrong)}")
+
+
 def _short(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")

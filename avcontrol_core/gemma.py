@@ -26,6 +26,7 @@ from pathlib import Path
 import safetensors
 import torch
 
+from .checkpoint import shape_mismatches
 from .errors import InputError
 
 # Official Gemma 3 12B values for everything the tensor shapes cannot tell (google/gemma-3-12b-it config.json).
@@ -388,7 +389,7 @@ def _build_model(config, tensors, device: torch.device, dtype: torch.dtype, sour
             f"{source}: Gemma 3 weights do not match the model config ({len(missing)} missing: {_short(missing)}; "
             f"{len(unexpected)} unexpected: {_short(unexpected)})"
         )
-    wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in weights.items() if t.shape != expected[k].shape]
+    wrong = shape_mismatches(expected, weights)
     if wrong:
         raise InputError(f"{source}: Gemma 3 tensor shapes do not match config.json: {_short(wrong)}")
     model.load_state_dict(weights, strict=True, assign=True)

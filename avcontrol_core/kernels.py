@@ -4,10 +4,10 @@
   weights and biases are stored as float8_e4m3fn (1 byte instead of 2) and every Linear upcasts its weight to the
   activation dtype for the matmul (`UPCAST_DURING_INFERENCE`). Plain PyTorch ops, so it runs on any device: half
   the bytes to hold or stream for those layers, a small upcast cost per layer, outputs within fp8 rounding.
-- attention: ltx-core's kernels (`AttentionFunction`): PyTorch SDPA, xformers, FlashAttention 3. "auto" takes
-  FlashAttention 3 on a Hopper GPU when installed, else xformers when installed, else SDPA (which picks its own
-  flash / memory-efficient backend). FlashAttention 3 cannot take a mask, so masked calls (references with
-  attention weights) fall back to SDPA.
+- attention: ltx-core's kernels (PytorchAttention, XFormersAttention, FlashAttention3). "auto" takes FlashAttention 3
+  on a Hopper GPU when installed, else xformers when installed, else SDPA (which picks its own flash /
+  memory-efficient backend). FlashAttention 3 takes neither a mask nor fp32, so those calls (references with
+  attention weights, fp32 models) fall back to SDPA.
 - compile: each transformer block's forward through torch.compile (the module tree and its parameter names are
   unchanged, so LoRAs, block swap hooks and state dicts work as before). The first step of each new shape compiles.
 """
@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 import torch
 from ltx_core.model.transformer import attention as ltx_attention
-from ltx_core.model.transformer.attention import (Attention, AttentionFunction, FlashAttention3, PytorchAttention,
-                                                  XFormersAttention)
+from ltx_core.model.transformer.attention import Attention, FlashAttention3, PytorchAttention, XFormersAttention
 from ltx_core.quantization import QuantizationPolicy
 
 from .errors import InputError

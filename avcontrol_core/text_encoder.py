@@ -136,7 +136,7 @@ def load_embeddings_processor(
     ckpt.check_keys(
         path.name, "text embeddings connector", map(processor_file_key, expected), map(processor_file_key, tensors)
     )
-    wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items() if t.shape != expected[k].shape]
+    wrong = ckpt.shape_mismatches(expected, tensors)
     if wrong:
         raise InputError(
             f"{path.name}: text connector shapes do not match (file vs expected for a Gemma with "

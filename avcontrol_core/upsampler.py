@@ -54,11 +54,7 @@ def load_upsampler(path: str | Path) -> LatentUpsampler:
         module = LatentUpsamplerConfigurator.from_config(config)
     expected = module.state_dict()
     tensors = ckpt.load_tensors(path, lambda key: key)
-    ckpt.check_keys(path.name, "latent upsampler", expected.keys(), tensors.keys())
-    wrong = [f"{k} {tuple(t.shape)} vs {tuple(expected[k].shape)}" for k, t in tensors.items()
-             if t.shape != expected[k].shape]
-    if wrong:
-        raise InputError(f"{path.name}: latent upsampler tensor shapes do not match its config: {ckpt._short(wrong)}")
+    ckpt.check_state(path.name, "latent upsampler", expected, tensors)
     module.load_state_dict(tensors, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
@@ -69,7 +65,7 @@ def video_statistics(checkpoint: str | Path) -> PerChannelStatistics:
         stats = PerChannelStatistics(VIDEO_CHANNELS)
     wanted = {STATISTICS_PREFIX + name: name for name in stats.state_dict()}  # not the unused ones the file carries
     tensors = ckpt.load_tensors(checkpoint, wanted.get, dtype=torch.float32)
-    ckpt.check_keys(Path(checkpoint).name, "video latent statistics", stats.state_dict().keys(), tensors.keys())
+    ckpt.check_state(Path(checkpoint).name, "video latent statistics", stats.state_dict(), tensors)
     stats.load_state_dict(tensors, strict=True, assign=True)
     return stats
 

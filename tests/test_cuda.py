@@ -215,7 +215,7 @@ def test_auto_attention_on_cuda_runs_and_matches_sdpa(checkpoint, ctx):
     bias = torch.zeros(2, 1, 1024, 1024, device=CUDA, dtype=torch.bfloat16)
     bias[..., 512:] = -2.0  # a reference's attention weight as its additive log bias
     for mask in (None, bias):
-        assert rel(kernel(q, k, v, 32, mask), kernels.AttentionFunction.PYTORCH(q, k, v, 32, mask)) < KERNEL_TOLERANCE
+        assert rel(kernel(q, k, v, 32, mask), kernels.PytorchAttention()(q, k, v, 32, mask)) < KERNEL_TOLERANCE
     for dtype in ("bf16", "fp32"):  # whatever "auto" picks must run in every dtype the loader offers
         auto = backbone.load_model(checkpoint, CUDA, dtype)
         sdpa = backbone.load_model(checkpoint, CUDA, dtype, SDPA)

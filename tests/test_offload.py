@@ -454,9 +454,9 @@ def test_flash_attention_3_falls_back_to_sdpa_for_masks_and_fp32():
     q = torch.randn(2, 5, 8)
     mask = torch.zeros(2, 5, 5)
     out = kernels.FlashAttention3OrSdpa()(q, q, q, 2, mask)
-    assert torch.equal(out, kernels.AttentionFunction.PYTORCH(q, q, q, 2, mask))
+    assert torch.equal(out, kernels.PytorchAttention()(q, q, q, 2, mask))
     # fp32 without a mask: FA3 has no fp32 kernel (here it is not even installed, so reaching it would raise)
-    assert torch.equal(kernels.FlashAttention3OrSdpa()(q, q, q, 2), kernels.AttentionFunction.PYTORCH(q, q, q, 2))
+    assert torch.equal(kernels.FlashAttention3OrSdpa()(q, q, q, 2), kernels.PytorchAttention()(q, q, q, 2))
 
 
 def test_compiled_blocks_with_block_swap_equal_eager(six_block_checkpoint, ctx, reference):
