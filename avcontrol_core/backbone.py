@@ -22,8 +22,9 @@ from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 from ltx_core.model.video_vae.model_configurator import VideoDecoderConfigurator, VideoEncoderConfigurator
 
 from . import checkpoint as ckpt
+from . import fp8 as fp8_compute
 from . import kernels
-from .errors import InputError
+from .errors import InputError, warn
 from .fidelity import align_with_current_source
 from .offload import BlockSwap, block_bytes, empty_cache, fixed_bytes, free_device_bytes
 from .offload_plan import GIB, Plan, plan_block_swap
@@ -57,18 +58,28 @@ def build_component(
 
     weights="fp8" (transformer only): the blocks' Linear weights stored as fp8 and upcast per layer for compute
     (ltx-core's fp8 cast); tensors are converted on the host before they reach `device`. A pre-quantised fp8 file
-    (scaled fp8 weights) is dequantised per tensor (fp8 value x its scale) into `dtype`, or into that fp8 storage."""
+    (scaled fp8 weights) is dequantised per tensor (fp8 value x its scale) into `dtype`, or into that fp8 storage.
+    weights="fp8_scaled" (transformer only, fp8.py): the same Linears quantised per tensor (scale amax / 448) and
+    kept with their scale, multiplying in fp8; a pre-quantised file's weights and scales are kept as they are."""
     configurator, prefixes, exclude = COMPONENTS[component]
     path = Path(path)
     fp8 = weights == "fp8" and component == "transformer"
+    scaled = weights == "fp8_scaled" and component == "transformer"
     with torch.device("meta"):
         module = configurator.from_config(config)
     expected = module.state_dict()
-    tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if fp8 else device)
+    on_host = fp8 or scaled
+    tensors = ckpt.load_tensors(path, ckpt.prefix_renamer(prefixes, exclude), device="cpu" if on_host else device)
     scales = ckpt.pop_fp8_scales(tensors)  # a pre-quantised fp8 file: dequantised below, one tensor at a time
     ckpt.drop_unused_statistics(tensors, expected)
     ckpt.check_state(path.name, component, expected, tensors)
+    kept_scales = {}  # fp8_scaled: {Linear module path: its fp32 scale}
     for name, value in tensors.items():
+        if scaled and _fp8_compute_target(name, value, scales):
+            q, scale = (value, scales[name].float()) if name in scales else fp8_compute.quantise(value.float())
+            tensors[name] = q.contiguous().to(device)
+            kept_scales[name.removesuffix(".weight")] = scale.reshape(()).to(device)
+            continue
         if name in scales:
             value = value.float() * scales[name].to(value.device, torch.float32)
         if value.is_floating_point() and _keeps_dtype(component, name):
@@ -77,11 +88,28 @@ def build_component(
             tensors[name] = value.to(dtype)
         if fp8:
             tensors[name] = kernels.fp8_storage(name, tensors[name]).to(device)
+        elif scaled:
+            tensors[name] = tensors[name].to(device)
     module.load_state_dict(tensors, strict=True, assign=True)
     _materialize_buffers(module, device)
     if fp8:
         module = kernels.upcast_for_compute(module)
+    if scaled:
+        fallbacks = fp8_compute.convert(module, sorted(kept_scales), dtype, kept_scales)
+        if fallbacks:
+            warn(f"weights fp8_scaled: {len(fallbacks)} of {len(kept_scales)} Linears keep fp8 storage but "
+                 f"dequantise for a {dtype} matmul, torch._scaled_mm cannot take their shape: "
+                 f"{ckpt._short(fallbacks)}")
     return module.eval().requires_grad_(False)
+
+
+def _fp8_compute_target(name: str, value: torch.Tensor, file_scales: dict) -> bool:
+    """A Linear weight that fp8_scaled multiplies in fp8: one ltx-core's fp8 cast stores in 8 bits (the blocks'
+    attention and feed-forward), or one the file itself ships as scaled fp8."""
+    if name in file_scales:
+        return True
+    return (name.endswith(".weight") and value.is_floating_point() and value.dim() == 2
+            and kernels.fp8_storage(name, value[:1, :1]).dtype == kernels.FP8)
 
 
 def _keeps_dtype(component: str, name: str) -> bool:
@@ -100,7 +128,9 @@ def _materialize_buffers(module: torch.nn.Module, device: torch.device | str) ->
 class ModelOptions:
     """How the transformer is stored and run; the defaults are plain bf16/fp16/fp32, everything resident.
 
-    weights: "default" (the model dtype) or "fp8" (blocks' Linear weights stored as float8_e4m3fn, upcast per layer).
+    weights: "default" (the model dtype), "fp8" (blocks' Linear weights stored as float8_e4m3fn, upcast per layer) or
+    "fp8_scaled" (the same weights in fp8 with per-tensor scales, multiplied in fp8 by torch._scaled_mm: CUDA with
+    compute capability >= 8.9 only).
     offload_budget_gb: 0 keeps everything resident on the device; > 0 caps what the model holds on the GPU while
     sampling (block swap streams the transformer blocks that do not fit from host memory), and loads the text
     encoder, VAEs and vocoder only for their step.
@@ -251,6 +281,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     The transformer is built (and its keys checked) immediately, so a wrong file fails here, not mid-run.
     """
     path = Path(path)
+    options = options or ModelOptions()
+    if options.weights == "fp8_scaled":
+        fp8_compute.require_fp8_compute(device)  # before the file is read
     config = ckpt.read_config(path)
     model = AVModel(
         path=path,
@@ -258,7 +291,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         version=ckpt.detect_version(config),
         device=torch.device(device),
         dtype=parse_dtype(dtype),
-        options=options or ModelOptions(),
+        options=options,
     )
     model.component("transformer")
     return model

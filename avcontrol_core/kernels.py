@@ -24,7 +24,7 @@ from ltx_core.quantization import QuantizationPolicy
 
 from .errors import InputError
 
-WEIGHTS = ("default", "fp8")
+WEIGHTS = ("default", "fp8", "fp8_scaled")  # fp8_scaled: fp8.py (per-tensor scales, fp8 matmul)
 ATTENTION = ("auto", "sdpa", "xformers", "flash_attention_3")
 FP8 = torch.float8_e4m3fn
 _FP8_POLICY = QuantizationPolicy.fp8_cast()
@@ -65,6 +65,7 @@ def upcast_for_compute(transformer: torch.nn.Module) -> torch.nn.Module:
 
 
 def stores_fp8(module: torch.nn.Module) -> bool:
+    """Whether any parameter is float8_e4m3fn (weights "fp8" or "fp8_scaled")."""
     return any(p.dtype == FP8 for p in module.parameters())
 
 

@@ -297,6 +297,11 @@ def apply_loras(transformer: torch.nn.Module, stack: LoraStack, fuse: bool = Fal
     or moved to `backup_device` (e.g. "cpu": device memory stays flat, the originals are copied there and back)."""
     touched, report = plan(transformer, stack)
     modules = dict(transformer.named_modules())
+    scaled = [n for n in touched if hasattr(modules[n], "weight_scale")]  # fp8.Fp8ScaledLinear
+    if fuse and scaled:
+        raise InputError(f"lora_mode fuse cannot be used with weights fp8_scaled ({len(scaled)} touched Linears, e.g. "
+                         f"{scaled[0]}, hold fp8 weights with a per-tensor scale: fusing would re-quantise them, and "
+                         f"undoing it would not restore them exactly); use lora_mode runtime")
     handles: list[torch.utils.hooks.RemovableHandle] = []
     originals: dict[str, torch.Tensor] = {}
     try:

@@ -434,7 +434,7 @@ def sampling_hints(options, latent, fuse_loras: bool, plan: Plan | None) -> list
     else:
         hints.append("offload_budget_gb from 0 (everything resident) to your GPU's memory minus a few GB "
                      "(block swap streams the rest from host memory)")
-    if options.weights != "fp8":
+    if options.weights == "default":
         hints.append("weights to fp8 (halves the blocks' memory)")
     hints.append(f"the resolution ({latent.width}x{latent.height}) or frames ({latent.frames})")
     if fuse_loras:
