@@ -12,6 +12,9 @@ TFLOP/s for:
   ours       our sampler (avcontrol_core.sampling.sample), everything resident, bf16
   +compile   (with --compile) ours with each block through torch.compile (inductor); compile time printed
   swap       ours with block swap under --budget-gb (24 GB), bf16
+  fp8 compute  ours with weights "fp8_scaled": block Linears in e4m3 with per-tensor scales, multiplied in fp8 by
+             torch._scaled_mm (needs CUDA with compute capability >= 8.9; skipped with the reason elsewhere). Goal at
+             19B: <= 0.8x the "ours" step, final latent within 0.1 relative L2 of it (fp8 storage: 5.3e-2)
   fp8        ours with fp8 weight storage (ltx-core's fp8 cast), everything resident
   fp8+swap   ours with fp8 storage and block swap under --fp8-budget-gb
 
@@ -40,7 +43,7 @@ from ltx_core.model.transformer.model import LTXModel, X0Model  # noqa: E402
 from ltx_core.model.transformer.model_configurator import LTXModelConfigurator  # noqa: E402
 from ltx_core.text_encoders.gemma.config import Gemma3TextConfig  # noqa: E402
 
-from avcontrol_core import kernels, tiny  # noqa: E402
+from avcontrol_core import fp8, kernels, tiny  # noqa: E402
 from avcontrol_core.fidelity import align_with_current_source  # noqa: E402
 from avcontrol_core.guidance import Guidance  # noqa: E402
 from avcontrol_core.latents import audio_state, empty_latent, unpatchify, video_state  # noqa: E402
@@ -88,6 +91,30 @@ def to_fp8(transformer: torch.nn.Module) -> torch.nn.Module:
     for name, p in transformer.named_parameters():
         p.data = kernels.fp8_storage(name, p.data)
     return kernels.upcast_for_compute(transformer)
+
+
+def fp8_compute_row(transformer: torch.nn.Module, device: torch.device, run) -> str | None:
+    """Run `run()` with the blocks' fp8-cast Linears replaced by fp8.Fp8ScaledLinear (quantised from the bf16
+    weights on the device), the bf16 originals parked on the host meanwhile and put back after. Returns why it was
+    skipped, or None."""
+    problem = fp8.capability_problem(device)
+    if problem is not None:
+        return f"needs a CUDA GPU with compute capability >= 8.9 and torch._scaled_mm; {problem}"
+    names = sorted(n.removesuffix(".weight") for n, p in transformer.named_parameters()
+                   if n.endswith(".weight") and p.dim() == 2 and kernels.fp8_storage(n, p.data[:1, :1]).dtype == kernels.FP8)
+    originals = {n: transformer.get_submodule(n) for n in names}
+    fallbacks = fp8.convert(transformer, names, torch.bfloat16)
+    for layer in originals.values():
+        layer.to("cpu")
+    if fallbacks:
+        print(f"  fp8 compute: {len(fallbacks)} of {len(names)} Linears dequantise ({fallbacks[0]}, ...)")
+    try:
+        run()
+    finally:
+        for name, layer in originals.items():
+            parent, _, leaf = name.rpartition(".")
+            setattr(transformer.get_submodule(parent), leaf, layer.to(device))
+    return None
 
 
 def bring_home(transformer: torch.nn.Module, device: torch.device) -> None:
@@ -268,6 +295,11 @@ def main() -> None:
     swap.remove()
     bring_home(transformer, device)
 
+    skipped = fp8_compute_row(transformer, device,
+                              lambda: row("fp8 compute", lambda: ours(transformer, latent, ctx, sigmas, dtype, device)))
+    if skipped:
+        print(f"  fp8 compute: skipped, {skipped}")
+
     transformer = to_fp8(transformer)
     blocks8 = block_bytes(transformer)
     row("fp8", lambda: ours(transformer, latent, ctx, sigmas, dtype, device))
@@ -288,6 +320,13 @@ def main() -> None:
         where = plan.describe() if plan is not None else "all resident"
         print(f"{name:<22}{seconds:>9.4f}{seconds / official_s:>13.3f}{mem:>13}{tflops:>10.4g}{share:>11}"
               f"{diff:>10}  {where}")
+    by_name = {r[0]: r for r in rows}
+    if "fp8 compute" in by_name:
+        c, b = by_name["fp8 compute"], by_name["ours"]
+        print(f"\nfp8 compute / ours step time: {c[1] / b[1]:.3f} (goal <= 0.8 at 19B), final latent rel diff "
+              f"{float((c[4] - b[4]).norm() / b[4].norm()):.1e} (bound 0.1)")
+    elif skipped:
+        print(f"\nfp8 compute: not run ({skipped})")
     print("\nrel diff: relative L2 distance of the final video latent to 'ours' (same seed; official differs by its "
           "bf16 rounding of the denoised latent, fp8 by weight rounding; swap must be 0)")
     if device.type != "cuda":

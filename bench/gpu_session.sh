@@ -6,9 +6,10 @@
 # after `bench/device_wheels.sh` here has put ltx-core's wheel in .whl/. Installs .whl/*.whl into /tmp/site (the
 # device README's recipe), prints the GPU and the stack, then, each step under `timeout` and all of it within
 # $BUDGET seconds (default 560, under the run's 600):
-#   pytest tests/test_cuda.py                        block swap / OOM / fp8 / attention / compile on CUDA
+#   pytest tests/test_cuda.py                        block swap / OOM / fp8 / fp8_scaled / attention / compile
 #   bench/gpu_memory_speed.py                        issue 5's table: 19B, 768x512x121 + audio, official / ours /
-#                                                    swap 24 GB / fp8 / fp8+swap 12 GB: s/step, peak GB, TFLOP/s
+#                                                    swap 24 GB / fp8 compute (fp8_scaled, _scaled_mm) / fp8 /
+#                                                    fp8+swap 12 GB: s/step, peak GB, TFLOP/s
 #   bench/reference_downscale.py at 19B widths       issue 3's k=1/2/4 and weighted-reference step times:
 #                                                    32 x 128 heads, bf16, 768x512x121 and 512x512x49; 24 layers
 #                                                    (17.5 GiB), which keeps each run inside its 100 s (per-step

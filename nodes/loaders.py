@@ -9,7 +9,9 @@ from pathlib import Path
 from . import host
 from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, UPSCALER, category
 
-WEIGHT_CHOICES = ["default", "fp8 (e4m3)"]
+# shown choice -> avcontrol_core.kernels.WEIGHTS
+WEIGHT_VALUES = {"default": "default", "fp8 (e4m3)": "fp8", "fp8 scaled (fp8 matmul)": "fp8_scaled"}
+WEIGHT_CHOICES = list(WEIGHT_VALUES)
 ATTENTION_CHOICES = ["auto", "sdpa", "xformers", "flash_attention_3"]  # avcontrol_core.kernels.ATTENTION
 
 
@@ -107,7 +109,12 @@ class AVCModelLoader:
                     "feed-forward weights stored in 8 bits and upcast per layer for compute (ltx-core's fp8 cast). "
                     "Saves: the 19B transformer drops from ~35 to ~18 GB, and block swap streams half the bytes. "
                     "Costs: an upcast per layer (measured on an H100, 19B at 768x512x121: 7-10% slower per step, "
-                    "19 instead of 36 GB peak) and fp8 rounding (small changes in the output)."}),
+                    "19 instead of 36 GB peak) and fp8 rounding (small changes in the output). fp8 scaled (fp8 "
+                    "matmul): the same weights in 8 bits with a per-tensor scale (a pre-quantised file's own scales "
+                    "are kept), multiplied in fp8 by torch._scaled_mm, each layer's input quantised on the fly. Aims "
+                    "to be faster than bf16, not only smaller; needs a CUDA GPU with compute capability 8.9 or more "
+                    "(RTX 40xx, H100/H200; refused otherwise, with what was found) and lora_mode runtime. Speed and "
+                    "accuracy not yet measured on a GPU."}),
                 "offload_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
                     "tooltip": "GPU memory the model may use while sampling, in GB. 0: everything stays on the GPU "
                     "(fastest; the 19B transformer needs ~35 GB at bf16 plus activations). Above 0: the transformer "
@@ -138,7 +145,7 @@ class AVCModelLoader:
              attention="auto"):
         from ..avcontrol_core.backbone import ModelOptions, load_model
 
-        options = ModelOptions(weights="fp8" if weights.startswith("fp8") else weights,
+        options = ModelOptions(weights=WEIGHT_VALUES.get(weights, weights),
                                offload_budget_gb=float(offload_budget_gb), compile=bool(compile), attention=attention)
         path = host.resolve_model("checkpoints", ckpt_name)
         dev = resolve_device(device)
