@@ -11,7 +11,8 @@ import importlib.util
 import pytest
 import torch
 
-from avcontrol_core import backbone, kernels, latents, offload, sampling
+from avcontrol_core import backbone, checkpoint as ckpt, fp8, kernels, latents, offload, sampling
+from avcontrol_core.fidelity import align_with_current_source
 from avcontrol_core.guidance import Guidance
 from avcontrol_core.offload import BlockSwap, GPUMemoryError
 from tests import test_offload as on_cpu
@@ -22,7 +23,7 @@ plan_of = on_cpu.plan_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
     "needs a CUDA GPU: block swap on CUDA (side stream, pinned copies) equals resident, a real CUDA OOM returns "
-    "the memory, fp8 / 'auto' attention / inductor compile / two-stage upscale / pre-quantised fp8 files on CUDA"))
+    "the memory, fp8 / fp8_scaled (_scaled_mm) / 'auto' attention / inductor compile / two-stage upscale / pre-quantised fp8 files on CUDA"))
 
 CUDA = torch.device("cuda")
 MIB = 2**20
@@ -33,6 +34,8 @@ KERNEL_TOLERANCE = 1e-2  # relative L2, two bf16 attention kernels on the same q
 BF16_TOLERANCE = 3e-2  # relative L2 of a bf16 model output, two kernel choices (attention, inductor vs eager)
 SDPA = backbone.ModelOptions(attention="sdpa")
 FP8 = backbone.ModelOptions(weights="fp8", attention="sdpa")
+FP8_SCALED = backbone.ModelOptions(weights="fp8_scaled", attention="sdpa")
+FP8_COMPUTE_LINEAR = 0.06  # relative L2 of one Linear's output, both operands in e4m3, against bf16
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +244,88 @@ def test_compiled_blocks_with_block_swap_on_cuda(checkpoint, ctx):
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
     assert same(swapped, resident)
     assert rel(swapped.video, eager.video) < BF16_TOLERANCE and rel(swapped.audio, eager.audio) < BF16_TOLERANCE
+    torch._dynamo.reset()
+
+
+# --- fp8 compute (weights fp8_scaled, torch._scaled_mm) ----------------------------------------------------------------
+
+needs_fp8_matmul = pytest.mark.skipif(
+    torch.cuda.is_available() and fp8.capability_problem(CUDA) is not None,
+    reason=f"needs compute capability >= 8.9 for torch._scaled_mm: "
+           f"{fp8.capability_problem(CUDA) if torch.cuda.is_available() else ''}")
+
+
+def count_scaled_mm(monkeypatch) -> list:
+    calls, real = [], torch._scaled_mm
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", counted)
+    return calls
+
+
+@needs_fp8_matmul
+@pytest.mark.parametrize("shape", [(64, 32, 48), (2048, 4096, 4096)], ids=["tiny", "mid-4096"])
+def test_fp8_scaled_linear_on_cuda_within_bound_of_bf16_and_equal_to_the_emulation(shape, monkeypatch):
+    from tests.test_fp8_compute import emulate
+
+    tokens, n_in, n_out = shape
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(n_out, n_in, generator=g) / n_in**0.5, torch.randn(n_out, generator=g)
+    x = torch.randn(2, tokens // 2, n_in, generator=g).to(CUDA, torch.bfloat16)
+    layer = fp8.make_linear(w.to(CUDA), b.to(CUDA), torch.bfloat16)
+    calls = count_scaled_mm(monkeypatch)
+    y = layer(x)
+    assert calls and y.dtype == torch.bfloat16 and y.shape == (2, tokens // 2, n_out)
+    ref = torch.nn.functional.linear(x, w.to(CUDA, torch.bfloat16), b.to(CUDA, torch.bfloat16))
+    assert 0 < rel(y.float(), ref.float()) < FP8_COMPUTE_LINEAR
+    layer.matmul = emulate  # the same quantised operands, multiplied in fp32 by plain torch
+    assert rel(y.float(), layer(x).float()) < 1e-2  # bf16 output rounding and accumulation order only
+
+
+@needs_fp8_matmul
+def test_fp8_scaled_model_on_cuda_within_bound_of_bf16(checkpoint, ctx, monkeypatch):
+    t16 = backbone.load_model(checkpoint, CUDA, "bf16", SDPA).transformer
+    t8 = backbone.load_model(checkpoint, CUDA, "bf16", FP8_SCALED).transformer
+    layers = fp8.scaled_linears(t8)
+    assert layers and all(l.fallback is None and l.weight.is_cuda and l.weight_scale.is_cuda for _, l in layers)
+    calls = count_scaled_mm(monkeypatch)
+    for x, ref in zip(velocity(t8, ctx), velocity(t16, ctx)):
+        assert x.is_cuda and 0 < rel(x, ref) < on_cpu.FP8_TOLERANCE
+    assert len(calls) >= len(layers)
+
+
+def home_fp8_scaled(path) -> torch.nn.Module:
+    """The fp8_scaled transformer built on the host (as the loader does under a budget), attention sdpa."""
+    t = backbone.build_component(path, ckpt.read_config(path), "transformer", "cpu", torch.bfloat16, "fp8_scaled")
+    t = align_with_current_source(t)
+    kernels.set_attention(t, kernels.resolve_attention("sdpa", CUDA)[1])
+    return t
+
+
+@needs_fp8_matmul
+def test_fp8_scaled_block_swap_equals_resident_on_cuda(checkpoint, ctx):
+    reference = sample(backbone.load_model(checkpoint, CUDA, "bf16", FP8_SCALED).transformer, ctx)
+    t = home_fp8_scaled(checkpoint)
+    swap = BlockSwap(t, plan_of((2,)), CUDA).install()
+    assert same(sample(t, ctx), reference)  # fp8 weights and their fp32 scales streamed through the slots
+    swap.remove()
+    assert all(not l.weight.is_cuda and not l.weight_scale.is_cuda for _, l in fp8.scaled_linears(t))
+
+
+@needs_fp8_matmul
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton: inductor compiles for CUDA")
+def test_fp8_scaled_compiles_per_block_without_graph_breaks(checkpoint, ctx):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = sample(backbone.load_model(checkpoint, CUDA, "bf16", FP8_SCALED).transformer, ctx)
+    options = backbone.ModelOptions(weights="fp8_scaled", attention="sdpa", compile=True)
+    compiled = sample(backbone.load_model(checkpoint, CUDA, "bf16", options).transformer, ctx)
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    assert rel(compiled.video, eager.video) < BF16_TOLERANCE and rel(compiled.audio, eager.audio) < BF16_TOLERANCE
     torch._dynamo.reset()
 
 
