@@ -10,7 +10,7 @@ from . import host
 from .common import DEVICE_CHOICES, DTYPE_CHOICES, MODEL, TEXT_ENCODER, UPSCALER, category
 
 # shown choice -> avcontrol_core.kernels.WEIGHTS
-WEIGHT_VALUES = {"default": "default", "fp8 (e4m3)": "fp8", "fp8 scaled (fp8 matmul)": "fp8_scaled"}
+WEIGHT_VALUES = {"default": "default", "fp8 (e4m3)": "fp8", "fp8_scaled (fp8 matmul)": "fp8_scaled"}
 WEIGHT_CHOICES = list(WEIGHT_VALUES)
 ATTENTION_CHOICES = ["auto", "sdpa", "xformers", "flash_attention_3"]  # avcontrol_core.kernels.ATTENTION
 
@@ -109,7 +109,7 @@ class AVCModelLoader:
                     "feed-forward weights stored in 8 bits and upcast per layer for compute (ltx-core's fp8 cast). "
                     "Saves: the 19B transformer drops from ~35 to ~18 GB, and block swap streams half the bytes. "
                     "Costs: an upcast per layer (measured on an H100, 19B at 768x512x121: 7-10% slower per step, "
-                    "19 instead of 36 GB peak) and fp8 rounding (small changes in the output). fp8 scaled (fp8 "
+                    "19 instead of 36 GB peak) and fp8 rounding (small changes in the output). fp8_scaled (fp8 "
                     "matmul): the same weights in 8 bits with a per-tensor scale (a pre-quantised file's own scales "
                     "are kept), multiplied in fp8 by torch._scaled_mm, each layer's input quantised on the fly. Aims "
                     "to be faster than bf16, not only smaller; needs a CUDA GPU with compute capability 8.9 or more "

@@ -188,3 +188,18 @@ def test_runtime_lora_adds_its_delta_and_fuse_is_refused(scaled):
     with pytest.raises(InputError, match="lora_mode fuse cannot be used with weights fp8_scaled"):
         with lora.apply_loras(t8, stack, fuse=True):
             pass
+
+
+def test_the_loader_node_maps_its_choice_and_is_refused_on_cpu(tiny_models, monkeypatch):
+    from avcontrol_core import tiny
+    from tests.workflow_defs import load_pack, pack_node_classes
+
+    load_pack()
+    monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
+    cls = pack_node_classes()["AVCModelLoader"]
+    choices = cls.INPUT_TYPES()["optional"]["weights"][0]
+    assert "fp8_scaled (fp8 matmul)" in choices
+    # the pack is imported as its own package, so its InputError is another class object: compare by name
+    with pytest.raises(Exception, match=r"weights 'fp8_scaled' .*compute capability >= 8\.9.*found: the device") as e:
+        cls().load(tiny.TINY_CHECKPOINT.format(version="ltx2"), "bf16", "cpu", "fp8_scaled (fp8 matmul)")
+    assert type(e.value).__name__ == "InputError"
