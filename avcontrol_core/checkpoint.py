@@ -99,8 +99,9 @@ def detect_version(config: dict) -> str:
 
 
 def causal_temporal_positions(config: dict) -> bool:
-    """Whether the first latent frame covers one pixel frame (released checkpoints set this to true)."""
-    return bool(config["transformer"].get("causal_temporal_positioning", False))
+    """Whether the first latent frame covers one pixel frame. Released checkpoints set this to true, and Lightricks'
+    pipelines position causally whatever the config says, so a config without the key is causal too."""
+    return bool(config["transformer"].get("causal_temporal_positioning", True))
 
 
 def load_tensors(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
+from ltx_core.tools import AudioLatentTools, VideoLatentTools
 from ltx_core.types import AudioLatentShape, LatentState, SpatioTemporalScaleFactors, VideoLatentShape
 
 from .errors import InputError, require
@@ -52,6 +53,7 @@ class AVLatent:
     width: int
     height: int
     upscaled: bool = False  # stage two's input (upsampler.upscale_latent): to be refined, never re-noised
+    conditioning: tuple = ()  # video conditioning items (items.FirstFrame) applied when sampling, before controls
 
     @property
     def batch(self) -> int:
@@ -87,6 +89,16 @@ VIDEO_PATCHIFIER = VideoLatentPatchifier(patch_size=1)
 AUDIO_PATCHIFIER = AudioPatchifier(patch_size=1)
 
 
+def video_tools(latent: AVLatent, causal: bool) -> VideoLatentTools:
+    """ltx-core's latent tools of the clip's video stream (positions in seconds, causal first frame as configured)."""
+    return VideoLatentTools(VIDEO_PATCHIFIER, VideoLatentShape.from_torch_shape(latent.video.shape), latent.fps,
+                            SCALE, causal)
+
+
+def audio_tools(latent: AVLatent) -> AudioLatentTools:
+    return AudioLatentTools(AUDIO_PATCHIFIER, AudioLatentShape.from_torch_shape(latent.audio.shape))
+
+
 def video_positions(shape: VideoLatentShape, fps: float, causal: bool, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, 3, tokens, 2) float32 [start, end) bounds: time in seconds, height and width in pixels."""
     coords = VIDEO_PATCHIFIER.get_patch_grid_bounds(output_shape=shape, device=device)
@@ -100,27 +112,21 @@ def audio_positions(shape: AudioLatentShape, device: torch.device | str = "cpu")
     return AUDIO_PATCHIFIER.get_patch_grid_bounds(output_shape=shape, device=device).float()
 
 
+def _state(tools, latent: torch.Tensor, mask: torch.Tensor, device) -> LatentState:
+    """ltx-core's initial state of one stream from `latent` (float32, so its positions stay float32: 1.0.0 casts
+    them to the state's dtype), with the latent's own denoise mask."""
+    state = tools.create_initial_state(device, torch.float32, latent.float().to(device))
+    return replace(state, denoise_mask=tools.patchifier.patchify(mask.float().to(device)))
+
+
 def video_state(latent: AVLatent, causal: bool, device: torch.device | str = "cpu") -> LatentState:
-    """The patchified video state: tokens (B, f*h*w, 128) in fp32, per-token mask and positions."""
-    shape = VideoLatentShape.from_torch_shape(latent.video.shape)
-    tokens = VIDEO_PATCHIFIER.patchify(latent.video.float().to(device))
-    return LatentState(
-        latent=tokens,
-        denoise_mask=VIDEO_PATCHIFIER.patchify(latent.video_mask.float().to(device)),
-        positions=video_positions(shape, latent.fps, causal, device),
-        clean_latent=tokens.clone(),
-    )
+    """The patchified video state: tokens (B, f*h*w, 128) in fp32, per-token mask and positions; the latent's own
+    conditioning items (first frame) are not applied here (see sampling)."""
+    return _state(video_tools(latent, causal), latent.video, latent.video_mask, device)
 
 
 def audio_state(latent: AVLatent, device: torch.device | str = "cpu") -> LatentState:
-    shape = AudioLatentShape.from_torch_shape(latent.audio.shape)
-    tokens = AUDIO_PATCHIFIER.patchify(latent.audio.float().to(device))
-    return LatentState(
-        latent=tokens,
-        denoise_mask=AUDIO_PATCHIFIER.patchify(latent.audio_mask.float().to(device)),
-        positions=audio_positions(shape, device),
-        clean_latent=tokens.clone(),
-    )
+    return _state(audio_tools(latent), latent.audio, latent.audio_mask, device)
 
 
 def unpatchify(latent: AVLatent, video_tokens: torch.Tensor, audio_tokens: torch.Tensor) -> AVLatent:
@@ -132,19 +138,23 @@ def unpatchify(latent: AVLatent, video_tokens: torch.Tensor, audio_tokens: torch
     return latent.replace(
         video=video, audio=audio,
         video_mask=torch.ones_like(latent.video_mask), audio_mask=torch.ones_like(latent.audio_mask), upscaled=False,
+        conditioning=(),
     )
 
 
 def condition_first_frame(latent: AVLatent, encoded: torch.Tensor, strength: float) -> AVLatent:
-    """Image-to-video: put an encoded image (B or 1, 128, 1, h, w) at latent frame 0 with the given strength.
-
-    strength 1 keeps the frame exactly (denoise mask 0); strength 0 leaves the latent as it was.
+    """Image-to-video: an encoded image (B or 1, 128, 1, h, w) as latent frame 0 with the given strength, as
+    ltx-core's VideoConditionByLatentIndex (applied when sampling: its clean latent and denoise mask 1 - strength;
+    the noisy latent keeps what it was). strength 0 leaves the latent as it was; a later image replaces an earlier.
     """
+    from .items import FirstFrame
+
     require(0.0 <= strength <= 1.0, "strength", "between 0 and 1", strength)
     expected = (VIDEO_CHANNELS, 1, *latent.video.shape[3:])
     if tuple(encoded.shape[1:]) != expected:
         raise InputError(f"image latent must have shape (B, {expected}), got {tuple(encoded.shape)}")
-    video, mask = latent.video.clone(), latent.video_mask.clone()
-    video[:, :, :1] = encoded.float().expand(latent.batch, -1, -1, -1, -1)
-    mask[:, :, :1] = 1.0 - strength
-    return latent.replace(video=video, video_mask=mask)
+    if strength == 0.0:
+        return latent
+    image = encoded.float().expand(latent.batch, -1, -1, -1, -1).contiguous()
+    kept = tuple(c for c in latent.conditioning if not (isinstance(c, FirstFrame) and c.latent_idx == 0))
+    return latent.replace(conditioning=(*kept, FirstFrame(image, strength, 0)))

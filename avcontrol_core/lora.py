@@ -35,6 +35,7 @@ from .lora_keys import flat_lookup, parse_key, resolve_module
 log = logging.getLogger(__name__)
 
 REFERENCE_DOWNSCALE_KEY = "reference_downscale_factor"
+REFERENCE_TEMPORAL_KEY = "reference_temporal_scale_factor"  # read by Lightricks' current IC-LoRA pipelines
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,17 +72,23 @@ class LoraFile:
     @property
     def reference_downscale_factor(self) -> int:
         """How much smaller than the output the reference (IC-LoRA / AVControl) canvas is; 1 when not declared."""
-        return _downscale_factor(self.path.name, self.metadata)
+        return _factor(self.path.name, self.metadata, REFERENCE_DOWNSCALE_KEY)
+
+    @property
+    def reference_temporal_scale_factor(self) -> int:
+        """How many of the clip's frames one reference frame stands for (a reference at 1/S of the clip's frame
+        rate, frame 0 and every S-th frame after it); 1 when not declared."""
+        return _factor(self.path.name, self.metadata, REFERENCE_TEMPORAL_KEY)
 
 
-def _downscale_factor(name: str, metadata: dict[str, str]) -> int:
-    raw = metadata.get(REFERENCE_DOWNSCALE_KEY, "1")
+def _factor(name: str, metadata: dict[str, str], key: str) -> int:
+    raw = metadata.get(key, "1")
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
     if not (value.is_integer() and value >= 1):
-        raise InputError(f"{name}: metadata {REFERENCE_DOWNSCALE_KEY} must be a positive integer, got {raw!r}")
+        raise InputError(f"{name}: metadata {key} must be a positive integer, got {raw!r}")
     return int(value)
 
 
@@ -129,7 +136,7 @@ def read_lora(path: str | Path) -> LoraFile:
         raise InputError(f"{path.name} holds no LoRA weights in a layout this loader reads "
                          f"(keys such as {ckpt._short(unknown, 3)})")
     lora = LoraFile(path=path, modules=modules, metadata=metadata, unknown_keys=tuple(unknown))
-    lora.reference_downscale_factor  # noqa: B018 - refuse a malformed value now, not mid-run
+    lora.reference_downscale_factor, lora.reference_temporal_scale_factor  # noqa: B018 - refuse malformed now
     return lora
 
 
@@ -157,10 +164,17 @@ class LoraStack:
     @property
     def reference_downscale_factor(self) -> int:
         """The factor declared by the active LoRAs (1 if none declares one); two different ones are a conflict."""
-        factors = {(lora.name, lora.reference_downscale_factor) for lora, _ in self.active()}
+        return self._declared(REFERENCE_DOWNSCALE_KEY)
+
+    @property
+    def reference_temporal_scale_factor(self) -> int:
+        return self._declared(REFERENCE_TEMPORAL_KEY)
+
+    def _declared(self, key: str) -> int:
+        factors = {(lora.name, _factor(lora.name, lora.metadata, key)) for lora, _ in self.active()}
         declared = {f for _, f in factors if f != 1}
         if len(declared) > 1:
-            raise InputError(f"LoRAs declare conflicting {REFERENCE_DOWNSCALE_KEY} values: "
+            raise InputError(f"LoRAs declare conflicting {key} values: "
                              f"{sorted(f'{n}={f}' for n, f in factors if f != 1)}")
         return declared.pop() if declared else 1
 

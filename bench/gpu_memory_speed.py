@@ -49,7 +49,7 @@ from avcontrol_core.guidance import Guidance  # noqa: E402
 from avcontrol_core.latents import audio_state, empty_latent, unpatchify, video_state  # noqa: E402
 from avcontrol_core.offload import BlockSwap, block_bytes, fixed_bytes, free_device_bytes, run_activation_bytes  # noqa: E402
 from avcontrol_core.offload_plan import GIB, plan_block_swap  # noqa: E402
-from avcontrol_core.sampling import Denoiser, TextContext, draw_noise, initial_noise, sample, schedule  # noqa: E402
+from avcontrol_core.sampling import Denoiser, TextContext, draw_noise, noised, sample, schedule  # noqa: E402
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor datasheets, without sparsity)
 PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "H20": 148.0, "A100": 312.0,
@@ -182,8 +182,8 @@ def official(transformer, latent, ctx, sigmas, dtype, device):
     v_state, a_state = video_state(latent, True, device), audio_state(latent, device)
     generator = torch.Generator("cpu").manual_seed(0)
     noise_v, noise_a = draw_noise((v_state, a_state), (v_state.latent.shape[1], a_state.latent.shape[1]), generator)
-    xv = initial_noise(v_state, generator, float(sigmas[0]), noise_v)
-    xa = initial_noise(a_state, generator, float(sigmas[0]), noise_a)
+    xv = noised(v_state, noise_v, float(sigmas[0]))
+    xa = noised(a_state, noise_a, float(sigmas[0]))
     vctx, actx = ctx.video.to(device, dtype), ctx.audio.to(device, dtype)
     sigmas_dev = sigmas.to(device)
     none = BatchedPerturbationConfig.empty(1)

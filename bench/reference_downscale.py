@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avcontrol_core.backbone import load_model, parse_dtype  # noqa: E402
-from avcontrol_core.canvas import VideoReference  # noqa: E402
+from avcontrol_core.items import ReferenceVideo, with_weight  # noqa: E402
 from avcontrol_core.fidelity import align_with_current_source  # noqa: E402
 from avcontrol_core.guidance import Guidance  # noqa: E402
 from avcontrol_core.latents import empty_latent  # noqa: E402
@@ -144,13 +144,14 @@ def main() -> None:
     ctx = TextContext(torch.randn(1, 64, dv), torch.randn(1, 64, da))
     sigmas = schedule("ltx2", args.steps, f * h * w)
 
-    def reference(k: int, weight: float = 1.0) -> VideoReference:
-        return VideoReference(torch.randn(1, 128, f, h // k, w // k), downscale=k, attention=weight)
+    def reference(k: int, weight: float = 1.0):
+        item = ReferenceVideo(torch.randn(1, 128, f, h // k, w // k), downscale_factor=k)
+        return with_weight(item, None if weight == 1.0 else torch.full((f * (h // k) * (w // k),), weight))
 
     def runner(refs: tuple):
         def run():
             sample(transformer, latent, ctx, None, Guidance(), sigmas, 0, causal_positions=causal, dtype=dtype,
-                   device=device, references=refs)
+                   device=device, video_items=refs)
             sync(device)
         return run
 

@@ -18,8 +18,11 @@ from ltx_core.guidance.perturbations import (
 )
 from ltx_core.model.transformer.modality import Modality
 
-from avcontrol_core import canvas, latents, sampling
+from avcontrol_core import latents, sampling
 from avcontrol_core.guidance import Guidance, StreamGuidance
+from avcontrol_core.items import Keyframe, ReferenceAudio, ReferenceVideo, with_weight
+from avcontrol_core.patches import CrossModalWeightPatch
+from avcontrol_core.weight import Curve, Weight
 from tests.recorders import recorded
 
 W, H, FRAMES, FPS = 64, 64, 17, 24.0  # video latent (3, 2, 2): 12 tokens; audio 18 tokens
@@ -54,11 +57,41 @@ def cross_modal_off(transformer: torch.nn.Module):
         handle.remove()
 
 
-def run(model, ctx, refs=(), *, latent=None, sigmas=None, steps=2, seed=0, guidance=None, negative=None):
+def as_weight(attention) -> Weight:
+    """A float, a per-pixel-frame curve (F,) or a MASK (H, W) / (F, H, W) as a Weight."""
+    if not isinstance(attention, torch.Tensor):
+        return Weight(float(attention))
+    if attention.ndim == 1:
+        return Weight(curve=Curve(attention, rate=FPS))  # one value per pixel frame
+    return Weight(mask=attention)
+
+
+def video_ref(latent, *, downscale=1, frame_offset=None, strength=1.0, attention=1.0):
+    """("video", item): an aligned reference video, or an image at pixel frame `frame_offset` (a Keyframe)."""
+    if frame_offset is None:
+        item, frames = ReferenceVideo(latent, downscale, 1, strength), torch.arange(1 + 8 * (latent.shape[2] - 1))
+    else:
+        item, frames = Keyframe(latent, frame_offset, strength, 1, downscale), torch.tensor([frame_offset])
+    return "video", with_weight(item, as_weight(attention).video(frames, FPS, *latent.shape[2:]))
+
+
+def audio_ref(latent, *, time_offset=0.0, strength=1.0, attention=1.0):
+    if isinstance(attention, torch.Tensor):
+        weight = Weight(curve=Curve(attention, rate=25.0))  # one value per audio latent frame
+    else:
+        weight = Weight(float(attention))
+    times = latents.audio_positions(latents.AudioLatentShape.from_torch_shape(latent.shape))[0, 0, :, 0]
+    return "audio", with_weight(ReferenceAudio(latent, time_offset, strength), weight.audio(times))
+
+
+def run(model, ctx, refs=(), *, latent=None, sigmas=None, steps=2, seed=0, guidance=None, negative=None,
+        patches=()):
     latent = latent if latent is not None else latents.empty_latent(W, H, FRAMES, FPS)
     sigmas = sigmas if sigmas is not None else sampling.schedule("ltx2", steps, latent.video[0, 0].numel())
     return sampling.sample(model.transformer, latent, ctx, negative, guidance or Guidance(), sigmas, seed,
-                           causal_positions=True, dtype=model.dtype, references=refs)
+                           causal_positions=True, dtype=model.dtype, patches=patches,
+                           video_items=[i for k, i in refs if k == "video"],
+                           audio_items=[i for k, i in refs if k == "audio"])
 
 
 def tokens_of(z: torch.Tensor) -> torch.Tensor:
@@ -97,10 +130,10 @@ def test_reference_tokens_carry_their_timestep_and_stay_clean_on_every_step(tiny
     """Strength 1: timestep exactly 0 and the clean tokens themselves on every step; strength s: (1 - s) * sigma.
     Generated tokens carry sigma. Checked on every pass of a CFG run (2 passes batched)."""
     items = (
-        canvas.VideoReference(refs["video"], strength=1.0),
-        canvas.VideoReference(refs["image"], frame_offset=8, strength=0.4),
-        canvas.AudioReference(refs["audio"], strength=1.0),
-        canvas.AudioReference(refs["voice"], time_offset=-1.0, strength=0.7),
+        video_ref(refs["video"], strength=1.0),
+        video_ref(refs["image"], frame_offset=8, strength=0.4),
+        audio_ref(refs["audio"], strength=1.0),
+        audio_ref(refs["voice"], time_offset=-1.0, strength=0.7),
     )
     sigmas = sampling.schedule("ltx2", 3, NV)
     guidance = Guidance(StreamGuidance(cfg=3.0), StreamGuidance(cfg=3.0))
@@ -132,9 +165,9 @@ def test_several_references_of_different_kinds_all_act(tiny_model, ctx, refs, ba
     """Video, keyframe image and audio references in one run; each one changes the result (leaving any one out
     gives a different clip), and the result always has the target's shapes."""
     items = (
-        canvas.VideoReference(refs["video"]),
-        canvas.VideoReference(refs["image"], frame_offset=16),
-        canvas.AudioReference(refs["audio"]),
+        video_ref(refs["video"]),
+        video_ref(refs["image"], frame_offset=16),
+        audio_ref(refs["audio"]),
     )
     full = run(tiny_model, ctx, items)
     assert full.video.shape == base.video.shape and full.audio.shape == base.audio.shape
@@ -144,37 +177,6 @@ def test_several_references_of_different_kinds_all_act(tiny_model, ctx, refs, ba
     assert rel(full.video, base.video) > 0.02 and rel(full.audio, base.audio) > 0.02
 
 
-# --- strength 0 / weight 0 = no reference -------------------------------------------------------------------------
-
-INERT = {
-    "video strength 0": lambda r: canvas.VideoReference(r["video"], strength=0.0),
-    "video weight 0": lambda r: canvas.VideoReference(r["video"], attention=0.0),
-    "video weight 0 curve": lambda r: canvas.VideoReference(r["video"], attention=torch.zeros(FRAMES)),
-    "video weight 0 mask": lambda r: canvas.VideoReference(r["video"], attention=torch.zeros(H, W)),
-    "image strength 0": lambda r: canvas.VideoReference(r["image"], frame_offset=8, strength=0.0),
-    "audio strength 0": lambda r: canvas.AudioReference(r["audio"], strength=0.0),
-    "audio weight 0": lambda r: canvas.AudioReference(r["voice"], time_offset=-1.0, attention=0.0),
-}
-
-
-@pytest.mark.parametrize("name", sorted(INERT))
-def test_strength_or_weight_zero_is_bit_identical_to_no_reference(tiny_model, ctx, refs, base, name):
-    with recorded(tiny_model.transformer) as calls:
-        out = run(tiny_model, ctx, (INERT[name](refs),))
-    assert torch.equal(out.video, base.video) and torch.equal(out.audio, base.audio)
-    video, audio = calls[0]
-    assert video.latent.shape[1] == NV and audio.latent.shape[1] == NA  # nothing appended at all
-    assert video.attention_mask is None and audio.attention_mask is None
-
-
-def test_strength_zero_beside_active_references_changes_nothing(tiny_model, ctx, refs):
-    active = (canvas.VideoReference(refs["video"]), canvas.AudioReference(refs["audio"]))
-    with_inert = active + (canvas.VideoReference(refs["image"], strength=0.0),
-                           canvas.AudioReference(refs["voice"], time_offset=-1.0, strength=0.0))
-    a, b = run(tiny_model, ctx, active), run(tiny_model, ctx, with_inert)
-    assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
-
-
 # --- stripping, and the generated part is the transformer on the concatenated state --------------------------------
 
 
@@ -182,7 +184,7 @@ def test_result_is_the_generated_part_of_the_transformer_on_the_concatenated_sta
     """Re-run two Euler steps by hand: target noise + clean reference tokens concatenated, positions concatenated
     (an aligned reference has the target's own positions), timesteps sigma / 0. The sampler's result must equal the
     generated part of that, with the target's shapes."""
-    items = (canvas.VideoReference(refs["video"]), canvas.AudioReference(refs["audio"]))
+    items = (video_ref(refs["video"]), audio_ref(refs["audio"]))
     sigmas = torch.tensor([1.0, 0.6, 0.0])
     out = run(tiny_model, ctx, items, sigmas=sigmas, seed=7)
     assert out.video.shape == (1, 128, F_LAT, H_LAT, W_LAT) and out.audio.shape == (1, 8, NA, 16)
@@ -220,8 +222,8 @@ def test_downscaled_reference_has_k2_fewer_tokens_covering_the_same_pixels(tiny_
     both cover exactly [0, 128) x [0, 256); its time bounds are the full-size reference's."""
     latent = latents.empty_latent(256, 128, 9, FPS)
     n = 2 * 4 * 8
-    full = canvas.VideoReference(randn(1, 128, 2, 4, 8, seed=3))
-    small = canvas.VideoReference(randn(1, 128, 2, 4 // k, 8 // k, seed=4), downscale=k)
+    full = video_ref(randn(1, 128, 2, 4, 8, seed=3))
+    small = video_ref(randn(1, 128, 2, 4 // k, 8 // k, seed=4), downscale=k)
     sigmas = torch.tensor([1.0, 0.0])
     with recorded(tiny_model.transformer) as calls:
         run(tiny_model, ctx, (full,), latent=latent, sigmas=sigmas)
@@ -248,14 +250,14 @@ def test_downscaled_reference_has_k2_fewer_tokens_covering_the_same_pixels(tiny_
 
 @pytest.mark.parametrize("frame_index", [0, 8, 16])
 def test_image_reference_sits_at_its_frame_index(tiny_model, ctx, refs, frame_index):
-    """A keyframe at pixel frame k starts at k / fps (frame 0 keeps the target's causal first frame); its spatial
-    bounds are the target's first latent frame's."""
+    """A keyframe at pixel frame k spans [k, k + 1) / fps (one pixel frame, as Lightricks' current source narrows
+    it; 1.0.0 gave [k, k + 8) for k > 0); its spatial bounds are the target's first latent frame's."""
     with recorded(tiny_model.transformer) as calls:
-        run(tiny_model, ctx, (canvas.VideoReference(refs["image"], frame_offset=frame_index),),
+        run(tiny_model, ctx, (video_ref(refs["image"], frame_offset=frame_index),),
             sigmas=torch.tensor([1.0, 0.0]))
     pos = calls[0][0].positions[0]
     ref, first_frame = pos[:, NV:], pos[:, : H_LAT * W_LAT]
-    end = 1.0 if frame_index == 0 else frame_index + 8.0
+    end = frame_index + 1.0  # one pixel frame: [k, k + 1) / fps (Lightricks' current keyframe), not the VAE's 8
     torch.testing.assert_close(ref[0], torch.tensor([frame_index / FPS, end / FPS]).expand(H_LAT * W_LAT, 2),
                                rtol=0, atol=1e-7)
     assert torch.equal(ref[1:], first_frame[1:])
@@ -264,14 +266,31 @@ def test_image_reference_sits_at_its_frame_index(tiny_model, ctx, refs, frame_in
 # --- attention weights ------------------------------------------------------------------------------------------------
 
 
+def weights_of(item) -> torch.Tensor:
+    """The per-token weights an item carries (ltx-core's wrapper), or None for plain attention."""
+    return getattr(item, "attention_mask", None)
+
+
 def test_per_frame_curve_gives_hand_computed_token_weights():
     """Latent frame 0 is pixel frame 0; latent frame j averages pixel frames 8j-7 .. 8j; tokens are (frame, row,
     column)."""
     curve = torch.linspace(0.0, 1.0, FRAMES)
-    ref = canvas.VideoReference(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=curve)
+    _, item = video_ref(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=curve)
     per_frame = torch.stack([curve[0], curve[1:9].mean(), curve[9:17].mean()])
     expected = per_frame.repeat_interleave(H_LAT * W_LAT)
-    torch.testing.assert_close(canvas.video_token_weights(ref), expected)
+    torch.testing.assert_close(weights_of(item), expected)
+
+
+def test_curve_is_read_at_each_frame_time_whatever_its_rate():
+    """A 25-per-second curve read for a 24 fps clip: pixel frame i takes the sample nearest i / 24 s (round(i*25/24)),
+    and a keyframe at frame 12 reads the curve at 0.5 s, not at its start."""
+    values = torch.arange(30, dtype=torch.float32) / 30
+    weight = Weight(curve=Curve(values, rate=25.0))
+    w = weight.video(torch.arange(17), FPS, F_LAT, 1, 1)
+    idx = [round(i * 25 / 24) for i in range(17)]
+    by_hand = torch.tensor([values[idx[0]], values[idx[1:9]].mean(), values[idx[9:17]].mean()])
+    torch.testing.assert_close(w, by_hand)
+    assert float(weight.video(torch.tensor([12]), FPS, 1, 1, 1)) == pytest.approx(float(values[round(12.5)]))
 
 
 def test_spatial_mask_gives_hand_computed_token_weights():
@@ -280,25 +299,28 @@ def test_spatial_mask_gives_hand_computed_token_weights():
     mask = torch.ones(H, W)
     mask[:, W // 2 :] = 0.25
     mask[: H // 4, : W // 2] = 0.5  # top-left latent cell: mean of 1/2 at 0.5 and 1/2 at 1 = 0.75
-    ref = canvas.VideoReference(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=mask)
+    _, item = video_ref(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=mask)
     grid = torch.tensor([[0.75, 0.25], [1.0, 0.25]])
-    torch.testing.assert_close(canvas.video_token_weights(ref), grid.flatten().repeat(F_LAT))
+    torch.testing.assert_close(weights_of(item), grid.flatten().repeat(F_LAT))
 
     frames = torch.ones(FRAMES, H, W)
     frames[9:, :, : W // 2] = 0.0  # pixel frames 9..16 (latent frame 2), left half
     frames[0] = 0.5  # latent frame 0 alone
-    ref = canvas.VideoReference(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=frames)
+    _, item = video_ref(randn(1, 128, F_LAT, H_LAT, W_LAT, seed=0), attention=frames)
     expected = torch.tensor([[0.5] * 4, [1.0] * 4, [0.0, 1.0, 0.0, 1.0]]).flatten()
-    torch.testing.assert_close(canvas.video_token_weights(ref), expected)
+    torch.testing.assert_close(weights_of(item), expected)
 
 
 def test_audio_curve_gives_hand_computed_token_weights():
+    """Audio token i starts at i / 25 s (causal bounds shifted back by 0.03 s, clamped at 0): a 25-per-second curve
+    is read at round(25 * start)."""
     z = randn(1, 8, NA, 16, seed=0)
     curve = torch.rand(NA, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(canvas.audio_token_weights(canvas.AudioReference(z, attention=curve)), curve)
-    ramp = canvas.audio_token_weights(canvas.AudioReference(z, attention=torch.tensor([0.0, 1.0])))
-    torch.testing.assert_close(ramp, torch.linspace(0.0, 1.0, NA))  # resampled linearly to the token count
-    assert canvas.audio_token_weights(canvas.AudioReference(z, attention=0.3)).tolist() == [pytest.approx(0.3)] * NA
+    starts = latents.audio_positions(latents.AudioLatentShape.from_torch_shape(z.shape))[0, 0, :, 0]
+    idx = (starts.double() * 25).round().long().clamp(0, NA - 1)
+    assert torch.equal(weights_of(audio_ref(z, attention=curve)[1]), curve[idx])
+    assert idx.tolist()[:1] == [0] and idx.tolist()[-1] in (NA - 2, NA - 1)
+    assert weights_of(audio_ref(z, attention=0.3)[1]).tolist() == [pytest.approx(0.3)] * NA
 
 
 ONES = {
@@ -313,11 +335,11 @@ ONES = {
 def test_all_ones_weight_builds_no_mask(tiny_model, ctx, refs, name):
     """Weight 1 everywhere (in any form) keeps attention plain SDPA: no (T, T) mask reaches the transformer, and the
     result is bit-identical to the scalar-1 run."""
-    items = (canvas.VideoReference(refs["video"], attention=ONES[name]), canvas.AudioReference(refs["audio"]))
+    items = (video_ref(refs["video"], attention=ONES[name]), audio_ref(refs["audio"]))
     with recorded(tiny_model.transformer) as calls:
         out = run(tiny_model, ctx, items)
     assert all(v.attention_mask is None and a.attention_mask is None for v, a in calls)
-    plain = run(tiny_model, ctx, (canvas.VideoReference(refs["video"]), canvas.AudioReference(refs["audio"])))
+    plain = run(tiny_model, ctx, (video_ref(refs["video"]), audio_ref(refs["audio"])))
     assert torch.equal(out.video, plain.video) and torch.equal(out.audio, plain.audio)
 
 
@@ -326,14 +348,14 @@ def test_weight_builds_ltx_core_block_mask(tiny_model, ctx, make_context, refs):
     target 1, target <-> reference 1 (weight-1) and w (weighted; rows and columns), each reference with itself 1,
     reference <-> other reference 0. Repeated for each pass of a CFG run. The audio stream, all weights 1, has none."""
     curve = torch.linspace(0.2, 0.9, FRAMES)
-    weighted = canvas.VideoReference(refs["video"], attention=curve)
-    items = (canvas.VideoReference(refs["image"], frame_offset=8), weighted, canvas.AudioReference(refs["audio"]))
+    weighted = video_ref(refs["video"], attention=curve)
+    items = (video_ref(refs["image"], frame_offset=8), weighted, audio_ref(refs["audio"]))
     guidance = Guidance(StreamGuidance(cfg=2.0), StreamGuidance())
     with recorded(tiny_model.transformer) as calls:
         run(tiny_model, ctx, items, guidance=guidance, negative=make_context(tiny_model, seed=2))
     r1, r2 = H_LAT * W_LAT, NV
     total = NV + r1 + r2
-    w = canvas.video_token_weights(weighted)
+    w = weights_of(weighted[1])
     for video, audio in calls:
         assert audio.attention_mask is None
         mask = video.attention_mask
@@ -353,21 +375,24 @@ def test_attention_weight_is_continuous_at_zero(tiny_model, ctx, refs):
     clearly differs; the weighted run (0.5) lies in between."""
     with cross_modal_off(tiny_model.transformer):
         base = run(tiny_model, ctx)
-        for ref, stream, other in ((lambda w: canvas.VideoReference(refs["video"], attention=w), "video", "audio"),
-                                   (lambda w: canvas.AudioReference(refs["audio"], attention=w), "audio", "video")):
+        for ref, stream, other in ((lambda w: video_ref(refs["video"], attention=w), "video", "audio"),
+                                   (lambda w: audio_ref(refs["audio"], attention=w), "audio", "video")):
             tiny, half, one = (run(tiny_model, ctx, (ref(w),)) for w in (1e-6, 0.5, 1.0))
             d_tiny, d_half, d_one = (rel(getattr(o, stream), getattr(base, stream)) for o in (tiny, half, one))
             assert d_tiny < 1e-5 and d_one > 0.05 and d_tiny < d_half < d_one, (stream, d_tiny, d_half, d_one)
             assert torch.equal(getattr(tiny, other), getattr(base, other))
 
 
-def test_attention_weight_near_zero_also_silences_the_cross_modal_path(tiny_model, ctx, refs, base):
-    """The weight also scales the other stream's audio<->video attention to the reference's tokens: near 0 the other
-    stream is as without the reference, at 1 it is not."""
-    for ref in (canvas.VideoReference(refs["video"], attention=1e-6), canvas.AudioReference(refs["audio"], attention=1e-6)):
-        out = run(tiny_model, ctx, (ref,))
+def test_cross_modal_weight_option_also_silences_the_cross_modal_path(tiny_model, ctx, refs, base):
+    """With the pack's CrossModalWeightPatch the weight also scales the other stream's audio<->video attention to the
+    reference's tokens: near 0 the other stream is as without the reference, at 1 it is not. Without it (the
+    default, Lightricks' behaviour) the cross-modal path still sees the reference at full weight."""
+    for ref in (video_ref(refs["video"], attention=1e-6), audio_ref(refs["audio"], attention=1e-6)):
+        out = run(tiny_model, ctx, (ref,), patches=(CrossModalWeightPatch(),))
         assert rel(out.audio, base.audio) < 1e-3 and rel(out.video, base.video) < 1e-3
-    full = run(tiny_model, ctx, (canvas.VideoReference(refs["video"]),))
+        official = run(tiny_model, ctx, (ref,))
+        assert rel(official.audio, base.audio) > 1e-3 or rel(official.video, base.video) > 1e-3
+    full = run(tiny_model, ctx, (video_ref(refs["video"]),))
     assert rel(full.audio, base.audio) > 0.02
 
 
@@ -378,7 +403,7 @@ def test_batch_of_two_clips_shares_references(tiny_model, ctx, refs):
     """One reference (batch 1) serves every clip of a batch: both clips receive the same clean tokens, positions and
     timesteps, both are changed by it, and each clip's target noise is the one it has without references."""
     latent = latents.empty_latent(W, H, FRAMES, FPS, batch=2)
-    items = (canvas.VideoReference(refs["video"], attention=0.5), canvas.AudioReference(refs["audio"]))
+    items = (video_ref(refs["video"], attention=0.5), audio_ref(refs["audio"]))
     with recorded(tiny_model.transformer) as calls:
         out = run(tiny_model, ctx, items, latent=latent)
         plain = run(tiny_model, ctx, latent=latent)

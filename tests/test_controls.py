@@ -1,4 +1,4 @@
-"""Controls -> canvas references: fitting references to the target (refuse or resample), keyframe and audio placement,
+"""Controls -> conditioning items: fitting references to the target (refuse or resample), keyframe and audio placement,
 the small-to-large factor from LoRA metadata or the node (conflicts refused), batches, and strength 0 = off.
 
 Runs the real tiny LTX-2 model (fp32, CPU) and its VAEs; LoRA files are written into tmp_path with safetensors and
@@ -12,13 +12,15 @@ import torch
 from safetensors.torch import save_file
 
 from avcontrol_core import controls, latents, sampling
-from avcontrol_core.canvas import AudioReference, VideoReference
 from avcontrol_core.conditioning import PromptPair
-from avcontrol_core.controls import Control, build_references, check_controls, downscale_of
+from avcontrol_core.controls import (AudioControl, ControlPlan, ImageControl, LoraControl, VideoControl,
+                                     encode_controls, plan_controls)
 from avcontrol_core.errors import InputError
 from avcontrol_core.guidance import Guidance
-from avcontrol_core.lora import read_lora
+from avcontrol_core.items import Keyframe, ReferenceAudio, ReferenceVideo
+from avcontrol_core.lora import LoraStack, read_lora
 from avcontrol_core.pipeline import run_sampler
+from avcontrol_core.weight import Curve, Weight
 from tests.recorders import recorded
 
 W, H, FRAMES, FPS = 64, 64, 17, 24.0
@@ -39,13 +41,58 @@ def sound(seconds: float, rate: int = 16000, seed: int = 0) -> dict:
     return {"waveform": 0.3 * torch.randn(1, 2, round(seconds * rate), generator=g), "sample_rate": rate}
 
 
-def write_lora(path, factor: str | None, seed: int = 0):
-    """A one-module LoRA on the tiny transformer's first self-attention query, optionally declaring its factor."""
+def Control(label, kind, media=None, *, attention=1.0, audio_placement="aligned", frame_index=0, source_fps=None,
+            downscale=0, fit="resample", **common):
+    """A typed control as a node makes it (kind -> class), the attention as a Weight."""
+    if isinstance(attention, dict):
+        weight = Weight(attention.get("scale", 1.0), Curve(attention["values"], attention["rate"]))
+    elif isinstance(attention, torch.Tensor) and attention.ndim >= 2:
+        weight = Weight(mask=attention)
+    else:
+        weight = Weight(float(attention))
+    common.update(label=label, weight=weight)
+    canvas = dict(downscale=downscale, fit=fit)
+    if kind == "video":
+        return VideoControl(frames=media, source_fps=source_fps, **canvas, **common)
+    if kind == "image":
+        return ImageControl(image=media, frame_index=frame_index, **canvas, **common)
+    if kind == "audio":
+        return AudioControl(audio=media, placement=audio_placement, fit=fit, **common)
+    return LoraControl(**common)
+
+
+def check_controls(stack, latent):
+    return plan_controls(stack, latent)
+
+
+def build_references(model, latent, stack):
+    """The items of a stack, video then audio."""
+    video, audio = encode_controls(plan_controls(stack, latent), model, latent)
+    return (*video, *audio)
+
+
+def inner(item):
+    return getattr(item, "conditioning", item)
+
+
+def weights(item):
+    return getattr(item, "attention_mask", None)
+
+
+def downscale_of(control):
+    return control.factor(ControlPlan((), LoraStack()))
+
+
+def write_lora(path, factor: str | None, seed: int = 0, temporal: str | None = None):
+    """A one-module LoRA on the tiny transformer's first self-attention query, optionally declaring its factors."""
     g = torch.Generator().manual_seed(seed)
     key = "diffusion_model.transformer_blocks.0.attn1.to_q"
     tensors = {f"{key}.lora_A.weight": torch.randn(4, 64, generator=g) / 8,
                f"{key}.lora_B.weight": torch.randn(64, 4, generator=g) / 8}
-    save_file(tensors, str(path), metadata=None if factor is None else {"reference_downscale_factor": factor})
+    metadata = {} if factor is None else {"reference_downscale_factor": factor}
+    if temporal is not None:
+        metadata["reference_temporal_scale_factor"] = temporal
+    save_file(tensors, str(path), metadata=metadata or None)
     return read_lora(path)
 
 
@@ -64,8 +111,8 @@ def no_encoding(monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("encoded before every check had run")
 
-    monkeypatch.setattr(controls, "_encode_frames", refuse)
-    monkeypatch.setattr(controls, "_encode_audio", refuse)
+    monkeypatch.setattr(controls, "encode_frames", refuse)
+    monkeypatch.setattr(controls, "encode_audio", refuse)
 
 
 @pytest.fixture
@@ -77,7 +124,7 @@ def encoded_frames(monkeypatch):
         seen.append((frames.clone(), width, height))
         return torch.randn(1, 128, (frames.shape[0] - 1) // 8 + 1, height // 32, width // 32)
 
-    monkeypatch.setattr(controls, "_encode_frames", fake)
+    monkeypatch.setattr(controls, "encode_frames", fake)
     return seen
 
 
@@ -93,18 +140,22 @@ def prompts(tiny_model, make_context):
 
 def sample(model, prompts, latent, refs):
     sigmas = torch.tensor([1.0, 0.0])
+    video = [r for r in refs if not isinstance(inner(r), ReferenceAudio)]
+    audio = [r for r in refs if isinstance(inner(r), ReferenceAudio)]
     return sampling.sample(model.transformer, latent, prompts.positive, None, Guidance(), sigmas, 0,
-                           causal_positions=True, dtype=model.dtype, references=refs)
+                           causal_positions=True, dtype=model.dtype, video_items=video, audio_items=audio)
 
 
 # --- encoding onto the target grid --------------------------------------------------------------------------------
 
 
 def test_video_control_becomes_a_reference_on_the_target_grid(tiny_model, target):
-    ref, = build_references(tiny_model, target, (Control("depth", "video", clip(), strength=0.8, attention=0.5),))
-    assert isinstance(ref, VideoReference)
+    item, = build_references(tiny_model, target, (Control("depth", "video", clip(), strength=0.8, attention=0.5),))
+    ref = inner(item)
+    assert isinstance(ref, ReferenceVideo)
     assert ref.latent.shape == (1, 128, 3, 2, 2) and torch.isfinite(ref.latent).all()
-    assert (ref.downscale, ref.frame_offset, ref.strength, ref.attention, ref.label) == (1, 0, 0.8, 0.5, "depth")
+    assert (ref.downscale_factor, ref.temporal_scale_factor, ref.strength) == (1, 1, 0.8)
+    assert torch.equal(weights(item), torch.full((12,), 0.5))
 
 
 # --- fit: refuse or resample ---------------------------------------------------------------------------------------
@@ -159,22 +210,44 @@ def test_fit_resample_adapts_size_with_the_real_encoder(tiny_model, target):
     assert ref.latent.shape == (1, 128, 3, 2, 2)
 
 
+def test_lora_temporal_scale_factor_subsamples_the_reference_like_lightricks(tiny_model, prompts, tmp_path,
+                                                                             encoded_frames):
+    """A LoRA declaring reference_temporal_scale_factor 2: the reference keeps frame 0 and every 2nd frame after it
+    (frames 0, 1, 3, ..., 15: 9 of 17), and its time bounds are its own (spacing 2/fps) shifted so its last patch
+    ends with the clip's, the causal first patch clamped to [0, 1/fps) (by hand from the current source's rule)."""
+    lora = write_lora(tmp_path / "t2.safetensors", None, temporal="2")
+    target = latents.empty_latent(W, H, FRAMES, FPS)
+    item, = build_references(tiny_model, target, (Control("depth", "video", numbered(FRAMES), lora=lora),))
+    picked = [round(float(f[0, 0, 0]) * 100) for f in encoded_frames[0][0]]
+    assert picked == [0, *range(1, FRAMES, 2)]
+    ref = inner(item)
+    assert ref.temporal_scale_factor == 2 and ref.latent.shape[2] == 2
+    with recorded(tiny_model.transformer) as calls:
+        sample(tiny_model, prompts, target, (item,))
+    time = calls[0][0].positions[0, 0, NV:]  # (2 frames x 4 cells, 2)
+    # own bounds in pixel frames: causal [0, 1), then [1, 9) ; / (fps / 2) ; minus (2 - 1) / fps ; clamp at 0
+    by_hand = torch.tensor([[0.0, 1.0], [1.0, 9.0]]) * 2 / FPS - 1 / FPS
+    torch.testing.assert_close(time, by_hand.clamp(min=0).repeat_interleave(4, 0), rtol=0, atol=1e-7)
+
+
 # --- image and audio placement ----------------------------------------------------------------------------------------
 
 
 def test_image_control_sits_at_its_frame_index(tiny_model, prompts, target):
     control = Control("face", "image", clip(1), frame_index=8,
                       attention={"values": [1.0, 1.0, 0.3, 1.0], "rate": 4.0})  # read at 8/24 s -> index 1.33 -> 1
-    ref, = build_references(tiny_model, target, (control,))
-    assert ref.latent.shape == (1, 128, 1, 2, 2) and ref.frame_offset == 8
+    item, = build_references(tiny_model, target, (control,))
+    ref = inner(item)
+    assert isinstance(ref, Keyframe) and ref.keyframes.shape == (1, 128, 1, 2, 2) and ref.frame_idx == 8
+    assert weights(item) is None
     with recorded(tiny_model.transformer) as calls:
-        sample(tiny_model, prompts, target, (ref,))
+        sample(tiny_model, prompts, target, (item,))
     time = calls[0][0].positions[0, 0, NV:]
-    torch.testing.assert_close(time, torch.tensor([8 / FPS, 16 / FPS]).expand(4, 2), rtol=0, atol=1e-7)
+    torch.testing.assert_close(time, torch.tensor([8 / FPS, 9 / FPS]).expand(4, 2), rtol=0, atol=1e-7)
     # a curve over time is read at the image's own time (8/24 s), not at the clip's start
     late = Control("face", "image", clip(1), frame_index=12, attention={"values": [1.0, 1.0, 0.3, 1.0], "rate": 4.0})
-    ref, = build_references(tiny_model, target, (late,))  # 12/24 s * 4 = index 2
-    torch.testing.assert_close(ref.attention, torch.tensor([0.3]))
+    item, = build_references(tiny_model, target, (late,))  # 12/24 s * 4 = index 2
+    torch.testing.assert_close(weights(item), torch.full((4,), 0.3))
 
 
 def test_image_frame_index_outside_the_clip_is_refused(target, no_encoding):
@@ -184,7 +257,7 @@ def test_image_frame_index_outside_the_clip_is_refused(target, no_encoding):
 
 def test_aligned_audio_reference_has_the_target_audio_positions(tiny_model, prompts, target):
     ref, = build_references(tiny_model, target, (Control("song", "audio", sound(FRAMES / FPS)),))
-    assert isinstance(ref, AudioReference) and ref.time_offset == 0.0 and ref.latent.shape == (1, 8, NA, 16)
+    assert isinstance(ref, ReferenceAudio) and ref.time_offset == 0.0 and ref.latent.shape == (1, 8, NA, 16)
     with recorded(tiny_model.transformer) as calls:
         sample(tiny_model, prompts, target, (ref,))
     pos = calls[0][1].positions[0, 0]

@@ -142,14 +142,21 @@ def test_states_are_float32_and_roundtrip():
 
 
 def test_condition_first_frame():
+    """The image becomes frame 0's clean latent with denoise mask 1 - strength when the state is built; the noisy
+    latent keeps what it was (zeros here), as in Lightricks' current source."""
+    from avcontrol_core.sampling import initial_states
+
     lat = latents.empty_latent(64, 96, 17, 24.0)
     image = torch.randn(1, 128, 1, 3, 2)
-    full = latents.condition_first_frame(lat, image, 1.0)
-    assert torch.equal(full.video[:, :, 0:1], image) and torch.all(full.video[:, :, 1:] == 0)
-    assert torch.all(full.video_mask[:, :, 0] == 0) and torch.all(full.video_mask[:, :, 1:] == 1)
-    half = latents.condition_first_frame(lat, image, 0.25)
-    assert torch.all(half.video_mask[:, :, 0] == 0.75)
-    assert torch.all(lat.video == 0) and torch.all(lat.video_mask == 1)  # the input is not modified
+    n = 3 * 2  # tokens of one latent frame
+    for strength in (1.0, 0.25):
+        cond = latents.condition_first_frame(lat, image, strength)
+        v, _ = initial_states(cond, True, torch.device("cpu"))
+        assert torch.equal(v.clean_latent[0, :n], image[0].flatten(1).T)  # (h*w, 128), row-major like the patchifier
+        assert torch.all(v.clean_latent[:, n:] == 0) and torch.all(v.latent == 0)
+        assert torch.all(v.denoise_mask[:, :n] == 1 - strength) and torch.all(v.denoise_mask[:, n:] == 1)
+    assert latents.condition_first_frame(lat, image, 0.0) is lat  # strength 0: nothing to do
+    assert torch.all(lat.video == 0) and torch.all(lat.video_mask == 1) and lat.conditioning == ()
     with pytest.raises(InputError, match="strength"):
         latents.condition_first_frame(lat, image, 1.5)
     with pytest.raises(InputError, match="image latent must have shape"):

@@ -80,7 +80,8 @@ def velocities(transformer, model, ctx, seed=0, sigma=1.0) -> tuple[torch.Tensor
     latent = latents.empty_latent(W, H, FRAMES, FPS)
     v_state, a_state = latents.video_state(latent, True), latents.audio_state(latent)
     g = torch.Generator().manual_seed(seed)
-    xv, xa = sampling.initial_noise(v_state, g, 1.0), sampling.initial_noise(a_state, g, 1.0)
+    noise_v = torch.randn(v_state.latent.shape, generator=g)
+    xv, xa = sampling.noised(v_state, noise_v, 1.0), sampling.noised(a_state, torch.randn(a_state.latent.shape, generator=g), 1.0)
     denoise = sampling.Denoiser(transformer, Guidance(), ctx, None, 1, model.dtype, torch.device("cpu"))
     v_x0, a_x0 = denoise(xv, xa, v_state, a_state, sigma)
     return (xv - v_x0) / sigma, (xa - a_x0) / sigma

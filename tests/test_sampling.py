@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 
 import pytest
 import torch
-from ltx_core.components.schedulers import LTX2Scheduler
 
 from avcontrol_core import decode, latents, sampling
 from avcontrol_core.errors import InputError
@@ -54,27 +55,44 @@ def neg(tiny_model, make_context):
 # --- schedules ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps, tokens", [(8, 24), (20, 4 * 16 * 24), (30, 16 * 24 * 32)])
-def test_ltx2_schedule_is_ltx_core_scheduler_for_the_token_count(steps, tokens):
-    ours = sampling.schedule("ltx2", steps, tokens)
-    # ltx-pipelines pass the video latent itself: tokens = f * h * w
-    reference = LTX2Scheduler().execute(steps=steps, latent=torch.zeros(1, 128, tokens, 1, 1))
-    assert torch.equal(ours, reference)
+def shifted_by_hand(steps: int, tokens: int) -> list[float]:
+    """LTX-2's schedule from its definition, in float64: t_i = 1 - i/steps; shift mu linear in the token count through
+    (1024, 0.95) and (4096, 2.05); sigma = e^mu / (e^mu + 1/t - 1); then stretched so the last non-zero sigma is
+    0.1: sigma' = 1 - (1 - sigma) * 0.9 / (1 - sigma_last)."""
+    mu = 0.95 + (tokens - 1024) * (2.05 - 0.95) / (4096 - 1024)
+    raw = [math.exp(mu) / (math.exp(mu) + 1 / t - 1) if t > 0 else 0.0
+           for t in (1 - i / steps for i in range(steps + 1))]
+    last = raw[-2]
+    return [1 - (1 - x) * 0.9 / (1 - last) if x > 0 else 0.0 for x in raw]
+
+
+@pytest.mark.parametrize("steps, tokens", [(8, 24), (20, 1536), (30, 12288)])
+def test_ltx2_tokens_schedule_matches_the_formula_for_the_clips_token_count(steps, tokens):
+    ours = sampling.schedule("ltx2_tokens", steps, tokens)
     assert ours.shape == (steps + 1,) and ours.dtype == torch.float32
-    assert float(ours[0]) == 1.0 and float(ours[-1]) == 0.0
-    assert torch.all(ours[1:] < ours[:-1])
+    assert ours.tolist() == pytest.approx(shifted_by_hand(steps, tokens), abs=2e-6)
+    assert float(ours[0]) == 1.0 and float(ours[-1]) == 0.0 and torch.all(ours[1:] < ours[:-1])
     assert float(ours[-2]) == pytest.approx(0.1)  # stretched to the terminal value
 
 
-def test_ltx2_schedule_shifts_with_token_count():
-    small, large = sampling.schedule("ltx2", 10, 256), sampling.schedule("ltx2", 10, 8192)
+@pytest.mark.parametrize("steps, tokens", [(8, 24), (30, 12288)])
+def test_ltx2_schedule_shifts_for_4096_tokens_whatever_the_size(steps, tokens):
+    """Lightricks' one- and two-stage pipelines call the scheduler without the latent: 4096 tokens, any size."""
+    ours = sampling.schedule("ltx2", steps, tokens)
+    assert ours.tolist() == pytest.approx(shifted_by_hand(steps, 4096), abs=2e-6)
+    assert torch.equal(ours, sampling.schedule("ltx2", steps, 7))
+
+
+def test_ltx2_tokens_schedule_shifts_with_token_count():
+    small, large = sampling.schedule("ltx2_tokens", 10, 256), sampling.schedule("ltx2_tokens", 10, 8192)
     assert torch.all(large[1:-2] > small[1:-2])  # more tokens: more time spent at high noise
     assert float((large - small)[1:-2].min()) > 0.01
 
 
 def test_one_step_schedule_is_finite(tiny_model, make_context):
     """ltx-core's stretch divides by zero for a single step; our schedule must stay usable."""
-    assert sampling.schedule("ltx2", 1, 24).tolist() == [1.0, 0.0]
+    assert sampling.schedule("ltx2", 1, 24).tolist() == pytest.approx([1.0, 0.0], abs=1e-7)
+    assert sampling.schedule("ltx2_tokens", 1, 24).tolist() == pytest.approx([1.0, 0.0], abs=1e-7)
     out = run(tiny_model, make_context(tiny_model), steps=1)
     assert torch.isfinite(out.video).all() and torch.isfinite(out.audio).all()
 
