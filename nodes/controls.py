@@ -79,21 +79,42 @@ class _ControlNode:
 
     def add(self, lora_name, lora_strength, strength, attention, downscale="from LoRA", fit="resample",
             controls=None, attention_mask=None, attention_curve=None, source_fps=0.0, frame_index=0, **inputs):
-        from ..avcontrol_core.controls import Control
+        from ..avcontrol_core import controls as core
 
-        weight = attention
-        if attention_mask is not None:
-            weight = attention_mask.float() * attention
-        elif attention_curve is not None:
-            weight = {**attention_curve, "scale": attention}
-        control = Control(
-            label=self.LABEL, kind=self.kind(**inputs), media=self.media(**inputs), strength=strength, attention=weight,
-            downscale=0 if downscale == "from LoRA" else int(downscale), frame_index=frame_index,
-            audio_placement=self.PLACEMENT, source_fps=source_fps or None, fit=fit,
+        kind = self.kind(**inputs)
+        media = self.media(**inputs)
+        common = dict(
+            label=self.LABEL, strength=strength, weight=_weight(self.LABEL, attention, attention_mask, attention_curve),
             lora=None if lora_name == NO_LORA else cached_lora(host.resolve_model("loras", lora_name)),
             lora_strength=lora_strength,
         )
-        return ((*(controls or ()), control),)
+        canvas = dict(downscale=0 if downscale == "from LoRA" else int(downscale), fit=fit)
+        make = {
+            "video": lambda: core.VideoControl(frames=media, source_fps=source_fps or None, **canvas, **common),
+            "image": lambda: core.ImageControl(image=media, frame_index=frame_index, **canvas, **common),
+            "audio": lambda: core.AudioControl(audio=media, placement=self.PLACEMENT, fit=fit, **common),
+            "lora": lambda: core.LoraControl(**common),
+        }
+        return ((*(controls or ()), make[kind]()),)
+
+
+def _weight(label, attention, mask, curve):
+    """The node's attention inputs as one Weight; a curve beyond 0..1 (older graphs scaled it) is clipped, with a
+    warning."""
+    import torch
+
+    from ..avcontrol_core.errors import require, warn
+    from ..avcontrol_core.weight import Curve, Weight
+
+    require(isinstance(attention, (int, float)) and attention == attention, f"{label}: attention",
+            "a number between 0 and 1", attention)
+    if curve is not None:
+        curve = Curve.of(curve)
+        if bool(((curve.values < 0) | (curve.values > 1)).any()):
+            warn(f"{label}: attention_curve values outside 0..1 (from {float(curve.values.min()):g} to "
+                 f"{float(curve.values.max()):g}) were clipped to 0..1")
+            curve = Curve(curve.values.clamp(0, 1), curve.rate, curve.label, curve.events)
+    return Weight(float(attention), curve, None if mask is None else torch.as_tensor(mask).float())
 
 
 def _preset(name: str, label: str, doc: str, hint: str, base=_ControlNode, **attrs):

@@ -22,8 +22,10 @@ class AVCSampler:
                 "steps": ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip":
                     "Denoising steps for the 'ltx2' schedule (40 is LTX-2's default). Ignored by the fixed "
                     "distilled schedules (8 and 3 steps)."}),
-                "schedule": (["ltx2", "distilled", "distilled_stage2"], {"default": "ltx2", "tooltip":
-                    "ltx2: token-count-shifted schedule of the full model. distilled: the distilled model's fixed "
+                "schedule": (["ltx2", "ltx2_tokens", "distilled", "distilled_stage2"], {"default": "ltx2", "tooltip":
+                    "ltx2: the full model's schedule as Lightricks' one- and two-stage pipelines use it (shifted "
+                    "for 4096 tokens at any size). ltx2_tokens: shifted by this clip's own token count (the rule of "
+                    "Lightricks' HQ pipeline; more steps at high noise for large clips). distilled: the distilled model's fixed "
                     "8 steps (use guidance scales of 1). distilled_stage2: its 3-step refinement, stage two of "
                     "two-stage inference (starts at sigma 0.909 from an upscaled latent; add the distilled LoRA)."}),
                 "lora_mode": (["runtime", "fuse"], {"default": "runtime", "tooltip":
@@ -37,6 +39,10 @@ class AVCSampler:
                 "controls": (CONTROLS, {"tooltip": "Control stack from AVControl control nodes: references on "
                                         "the parallel canvas and their LoRAs."}),
                 "loras": (LORAS, {"tooltip": "Plain LoRAs (Load AVControl LoRA), e.g. the distilled LoRA."}),
+                "cross_modal_weight": ("BOOLEAN", {"default": False, "tooltip":
+                    "Off (Lightricks' behaviour): a control's attention weight below 1 scales how the clip's own "
+                    "stream attends to it. On (this pack's extension): it also scales the other stream's "
+                    "audio<->video attention to it, so a weight near 0 silences the reference on both paths."}),
             },
         }
 
@@ -47,13 +53,22 @@ class AVCSampler:
     DESCRIPTION = "Generate video and its sound together."
 
     def run(self, model, conditioning, latent, seed, steps, schedule, lora_mode="runtime", guidance=None,
-            controls=None, loras=None):
+            controls=None, loras=None, cross_modal_weight=False):
         from ..avcontrol_core.pipeline import run_sampler
         from ..avcontrol_core.sampling import step_count
 
-        bar = host.progress_bar(step_count(schedule, steps))
+        controls = tuple(controls or ())
+        references = sum(1 for c in controls if c.encodes and not c.inert())
+        # one bar: each reference's encoding, then each step (encoding a long reference on a CPU takes a while)
+        bar = host.progress_bar(references + step_count(schedule, steps), desc="AVControl sampler")
+
+        def tick(done, total):
+            bar.update(1)
+            host.check_interrupted()
+
         out = run_sampler(
             model, conditioning, latent, guidance, steps=steps, schedule_name=schedule, seed=seed,
-            controls=tuple(controls or ()), loras=loras, fuse_loras=lora_mode == "fuse", on_step=lambda done, total: bar.update(1), check_interrupted=host.check_interrupted,
+            controls=controls, loras=loras, fuse_loras=lora_mode == "fuse", cross_modal_weight=cross_modal_weight,
+            on_step=tick, on_encode=tick, check_interrupted=host.check_interrupted,
         )
         return (out,)

@@ -81,7 +81,7 @@ def test_image_to_video_keeps_the_first_frame(nodes, loaded):
     image = torch.rand(1, 80, 120, 3, generator=torch.Generator().manual_seed(0))
     (conditioned,) = nodes["AVCImageToVideo"].apply(model, latent, image, 1.0)
     (sampled,) = nodes["AVCSampler"].run(model, cond, conditioned, 0, 2, "ltx2")
-    assert torch.equal(sampled.video[:, :, :1], conditioned.video[:, :, :1])
+    assert torch.equal(sampled.video[:, :, :1], conditioned.conditioning[0].latent)  # frame 0 kept exactly
     assert not torch.equal(sampled.video[:, :, 1:], conditioned.video[:, :, 1:])
 
 
