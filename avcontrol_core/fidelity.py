@@ -15,6 +15,33 @@ Installed per model instance (no installed file is edited): `align_with_current_
 
 from __future__ import annotations
 
+# Every place the pack's numbers differ from ltx-core 1.0.0's own primitives, and why. "current source": what
+# Lightricks' LTX-2 (ltx-core 1.2.0) does, which 1.0.0 lags; "pack": our own choice, with what equals the official.
+DEVIATIONS = {
+    "rope_fp32": "current source: RoPE positions stay float32 (1.0.0 casts them to the latent dtype) - this module",
+    "cross_modal_adaln": "current source: cross-attention scale/shift from each stream's own per-token timesteps, "
+                         "the gate from the other stream's sigma - this module",
+    "noiser": "current source: starting latent lerp(clean, lerp(latent, noise, s), m) (1.0.0: noise*m*s + "
+              "clean*(1-m*s)); differs only where 0 < m < 1 and s < 1 - sampling.noised",
+    "first_frame": "current source: the image-to-video item sets the clean latent and mask, not the noisy latent - "
+                   "items.FirstFrame",
+    "keyframe_one_frame": "current source: a one-pixel-frame keyframe at frame k spans [k, k+1)/fps (1.0.0: k+8) - "
+                          "items.Keyframe",
+    "reference_temporal_scale": "current source: a LoRA's reference_temporal_scale_factor S subsamples the reference "
+                                "(frame 0, every S-th) and spaces its positions by S/fps - items.ReferenceVideo",
+    "held_stream_sigma": "current source: a stream held clean (all target masks 0) has Modality sigma 0 - "
+                         "sampling.frozen",
+    "audio_reference": "current source has AudioConditionByReferenceLatent, 1.0.0 none - items.ReferenceAudio",
+    "noise_order": "pack: target tokens' noise is drawn before the references' so adding a reference never changes "
+                   "the generated tokens' noise; without references it is the official single draw - "
+                   "sampling.draw_noise",
+    "keyframe_downscale": "pack: a keyframe may sit on a 1/k canvas (positions scaled by k); k = 1 is the official "
+                          "item - items.Keyframe",
+    "cross_modal_weight": "pack, off by default: a reference weight also biases the other stream's cross-attention "
+                          "- patches.CrossModalWeightPatch",
+    "mask_bias": "speed only, bit-identical: the [0, 1] mask becomes its log bias with one torch.where - this module",
+}
+
 from dataclasses import replace
 
 import torch

@@ -54,6 +54,7 @@ class AVLatent:
     height: int
     upscaled: bool = False  # stage two's input (upsampler.upscale_latent): to be refined, never re-noised
     conditioning: tuple = ()  # video conditioning items (items.FirstFrame) applied when sampling, before controls
+    return_given_audio: bool = False  # the sampler returns this audio as it is (upsampler's "lightricks" mode)
 
     @property
     def batch(self) -> int:
@@ -133,12 +134,14 @@ def unpatchify(latent: AVLatent, video_tokens: torch.Tensor, audio_tokens: torch
     """Put sampled tokens back into the latent's shapes; the result is fully generated (masks all ones)."""
     v_shape = VideoLatentShape.from_torch_shape(latent.video.shape)
     a_shape = AudioLatentShape.from_torch_shape(latent.audio.shape)
+    if latent.return_given_audio:
+        audio_tokens = AUDIO_PATCHIFIER.patchify(latent.audio.float().to(audio_tokens.device))
     video = VIDEO_PATCHIFIER.unpatchify(video_tokens, output_shape=v_shape).float().cpu()
     audio = AUDIO_PATCHIFIER.unpatchify(audio_tokens, output_shape=a_shape).float().cpu()
     return latent.replace(
         video=video, audio=audio,
         video_mask=torch.ones_like(latent.video_mask), audio_mask=torch.ones_like(latent.audio_mask), upscaled=False,
-        conditioning=(),
+        conditioning=(), return_given_audio=False,
     )
 
 

@@ -6,9 +6,12 @@ per-channel statistics, upsampled by ltx-core's LatentUpsampler (a small conv ne
 stage two refines it with the distilled LoRA on the 'distilled_stage2' schedule, which starts at sigma 0.909 from the
 upsampled latent instead of pure noise. The stage-two sampler re-encodes the controls at the new size.
 
-Sound: "keep" holds stage one's audio fixed through stage two (its tokens stay clean, at t=0, so the video refinement
-hears the finished sound; Lightricks' ti2vid two-stage pipeline also returns stage one's audio, its IC-LoRA pipeline
-stage two's); "refine" re-noises it with the video and lets stage two refine both.
+Sound in stage two:
+- "keep": stage one's audio is a given stream (denoise mask 0, Modality sigma 0, as Lightricks' pipelines hold a given
+  sound, e.g. audio-to-video); the video refinement hears it clean and it is returned as it was.
+- "refine": re-noised with the video from stage two's first sigma; stage two refines both and returns both.
+- "lightricks": what Lightricks' ti2vid two-stage pipeline does: re-noised and refined with the video (so the video
+  hears a sound being refined, as in "refine"), then stage one's audio returned, not the refined one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .errors import InputError, require
 from .latents import SCALE, VIDEO_CHANNELS, AVLatent, validate_size
 from .offload import empty_cache
 
-AUDIO_MODES = ("keep", "refine")
+AUDIO_MODES = ("keep", "refine", "lightricks")
 STATISTICS_PREFIX = "vae.per_channel_statistics."
 
 
@@ -124,7 +127,7 @@ def upscale_latent(latent: AVLatent, upsampler: LatentUpsampler, statistics: Per
     return latent.replace(
         video=video, video_mask=torch.ones(b, 1, f, h, w),
         audio=latent.audio.clone(), audio_mask=torch.full_like(latent.audio_mask, 0.0 if keep else 1.0),
-        width=w * SCALE.width, height=h * SCALE.height, upscaled=True,
+        width=w * SCALE.width, height=h * SCALE.height, upscaled=True, return_given_audio=audio == "lightricks",
     )
 
 

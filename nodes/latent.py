@@ -81,10 +81,12 @@ class AVCLatentUpscale:
                 "upscaler": (UPSCALER, {"tooltip": "From Load AVControl Latent Upscaler."}),
                 "latent": (LATENT, {"tooltip": "Stage one's result (the first sampler's output), generated at "
                                     "half the final width and height."}),
-                "audio": (["keep", "refine"], {"default": "keep", "tooltip":
-                    "keep: stage one's sound is final; stage two refines the video while hearing it clean "
-                    "(as Lightricks' ti2vid two-stage pipeline returns stage one's sound). refine: stage two "
-                    "re-noises the sound with the video and refines both."}),
+                "audio": (["keep", "refine", "lightricks"], {"default": "keep", "tooltip":
+                    "keep: stage one's sound is final and held clean as a given stream (sigma 0, as Lightricks' "
+                    "pipelines hold a given sound); stage two refines the video while hearing it finished. "
+                    "refine: stage two re-noises the sound with the video and refines and returns both. "
+                    "lightricks: exactly Lightricks' ti2vid two-stage pipeline: re-noised and refined with the "
+                    "video, then stage one's sound returned unchanged."}),
             }
         }
 
