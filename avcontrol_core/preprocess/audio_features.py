@@ -180,6 +180,14 @@ def spectral_flux(wave: torch.Tensor, sr: int) -> tuple[np.ndarray, np.ndarray]:
     return flux, times
 
 
+def moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred mean over `width` samples (zeros beyond the ends), as long as `values` whatever the width:
+    np.convolve's mode "same" returns the kernel's length when the kernel is the longer of the two."""
+    full = np.convolve(values, np.ones(width) / width, mode="full")
+    start = (width - 1) // 2
+    return full[start:start + len(values)]
+
+
 def pick_onsets(flux: np.ndarray, times: np.ndarray, threshold: float = 0.3, min_gap: float = 0.05) -> list[float]:
     """Times of flux peaks: local maxima within +-min_gap/2 that reach threshold * max(flux) and exceed the mean
     of the surrounding 200 ms; later peaks closer than min_gap to a kept one are dropped."""
@@ -195,8 +203,7 @@ def pick_onsets(flux: np.ndarray, times: np.ndarray, threshold: float = 0.3, min
     wide = max(1, int(round(0.1 / step)))
     padded = np.pad(flux, half, constant_values=-np.inf)
     local_max = np.max(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=-1)
-    kernel = np.ones(2 * wide + 1) / (2 * wide + 1)
-    local_mean = np.convolve(flux, kernel, mode="same")
+    local_mean = moving_average(flux, 2 * wide + 1)
     candidates = np.nonzero((flux >= local_max) & (flux >= threshold * peak) & (flux > local_mean))[0]
     onsets: list[float] = []
     for k in candidates:

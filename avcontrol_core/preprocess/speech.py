@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .audio_features import ANALYSIS_RATE, LATENT_RATE, Curve, frame_count, mono, resample, to_rate
+from .audio_features import ANALYSIS_RATE, LATENT_RATE, Curve, frame_count, mono, moving_average, resample, to_rate
 from .weights import require_package
 
 VAD_WINDOW = 512  # silero-vad's window at 16 kHz (32 ms)
@@ -304,7 +304,7 @@ def mouth_motion(opening: np.ndarray, fps: float) -> np.ndarray:
     motion = np.abs(np.diff(opening, prepend=opening[:1]))
     motion = np.nan_to_num(motion, nan=0.0)
     width = max(1, int(round(0.2 * fps)))
-    return np.convolve(motion, np.ones(width) / width, mode="same")
+    return moving_average(motion, width)
 
 
 def speakers_from_video(speech: Curve, images: torch.Tensor, fps: float, max_speakers: int = 2,
