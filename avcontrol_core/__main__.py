@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-cfg", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", help="first frame (image-to-video)")
-    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda; default: cuda when available")
     p.add_argument("--upscaler", help="two-stage inference: a spatial latent upsampler file ('tiny' with the built-in "
                    "model); stage one samples at half --width/--height, stage two refines the upscaled latent")
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
     import torch
     from tqdm.auto import tqdm
 
+    from .dtypes import auto_dtype
     from .backbone import load_model
     from .conditioning import encode_first_frame
     from .decode import decode_audio, decode_video
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     width, height = stage_two[2] if stage_two else (args.width, args.height)
     latent = empty_latent(width, height, args.frames, args.fps)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = auto_dtype(device) if args.dtype == "auto" else args.dtype
     ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else (tiny["checkpoint_ltx2"],
                                                                                      tiny["gemma"])
     model = load_model(ckpt, device, dtype)

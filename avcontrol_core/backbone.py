@@ -26,10 +26,10 @@ from . import fp8 as fp8_compute
 from . import kernels
 from .errors import InputError, warn
 from .fidelity import align_with_current_source
+from .dtypes import parse_dtype
 from .offload import BlockSwap, block_bytes, empty_cache, fixed_bytes, free_device_bytes
 from .offload_plan import GIB, Plan, plan_block_swap
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # component -> (configurator, {checkpoint prefix: module prefix}, excluded checkpoint prefixes)
 COMPONENTS = {
@@ -41,13 +41,6 @@ COMPONENTS = {
     "vocoder": (VocoderConfigurator, {"vocoder.": ""}, ()),
 }
 
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
 
 
 def build_component(
@@ -274,7 +267,7 @@ class AVModel:
         return sorted(self._cache)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "bf16",
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                options: ModelOptions | None = None) -> AVModel:
     """Open an LTX-2 / LTX-2.3 checkpoint: read and check its config now, build components on first use.
 
@@ -290,7 +283,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
         config=config,
         version=ckpt.detect_version(config),
         device=torch.device(device),
-        dtype=parse_dtype(dtype),
+        dtype=parse_dtype(dtype, device),
         options=options,
     )
     model.component("transformer")

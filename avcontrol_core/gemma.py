@@ -27,6 +27,7 @@ import safetensors
 import torch
 
 from .checkpoint import shape_mismatches
+from .dtypes import parse_dtype
 from .errors import InputError
 
 # Official Gemma 3 12B values for everything the tensor shapes cannot tell (google/gemma-3-12b-it config.json).
@@ -62,7 +63,6 @@ _GEMMA3_MARKERS = (
     "layers.0.pre_feedforward_layernorm.weight", "layers.0.post_feedforward_layernorm.weight",
 )
 _QUANT_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _FP8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, n)}
 
 
@@ -165,14 +165,11 @@ def load_gemma(
 ) -> GemmaEncoder:
     """Load Gemma 3's language model and tokenizer from a Hugging Face folder or a ComfyUI single file.
 
-    `dtype` is a torch dtype or one of "bf16", "fp16", "fp32". Raises InputError naming the path and what is
+    `dtype` is a torch dtype or one of "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp16", "fp32". Raises InputError naming the path and what is
     missing or wrong.
     """
     path = Path(path)
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise InputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
+    dtype = parse_dtype(dtype, device)
     if path.is_dir():
         config, shards, tokenizer = _read_folder(path)
         tensors = _iter_folder_tensors(shards)

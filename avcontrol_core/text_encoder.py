@@ -238,13 +238,13 @@ class PromptEncoder:
         gemma_path: str | Path,
         checkpoint_path: str | Path,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype | str = torch.bfloat16,
+        dtype: torch.dtype | str = "auto",
         max_length: int = MAX_PROMPT_TOKENS,
         ltx_config: dict | None = None,
     ) -> PromptEncoder:
         """Gemma from `gemma_path` (HF folder or ComfyUI single file), connectors from the LTX checkpoint.
 
-        `dtype`: a torch dtype or "bf16" / "fp16" / "fp32", for both Gemma and the connectors."""
+        `dtype`: a torch dtype or "auto" / "bf16" / "fp16" / "fp32", for both Gemma and the connectors."""
         gemma = load_gemma(gemma_path, device=device, dtype=dtype)
         processor = load_embeddings_processor(
             checkpoint_path, gemma.hidden_size, gemma.num_layers, device=device, dtype=gemma.dtype, ltx_config=ltx_config
@@ -313,7 +313,7 @@ class PromptEncoder:
 
 def load_prompt_encoder(
     gemma_path: str | Path, checkpoint_path: str | Path, ltx_config: dict | None,
-    device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.bfloat16,
+    device: torch.device | str = "cpu", dtype: torch.dtype | str = "auto",
 ) -> PromptEncoder:
     """The prompt encoder for one LTX-2 checkpoint (its text connectors) and one Gemma 3 (folder or single file)."""
     return PromptEncoder.load(gemma_path, checkpoint_path, device=device, dtype=dtype, ltx_config=ltx_config)

@@ -12,7 +12,7 @@ LORAS = "AVC_LORAS"  # avcontrol_core.lora.LoraStack
 UPSCALER = "AVC_LATENT_UPSCALER"  # ltx_core LatentUpsampler (stage two of two-stage inference)
 CURVE = "AVC_CURVE"  # {"values": float tensor (T,), "rate": values per second, "label": str}
 
-DTYPE_CHOICES = ["bf16", "fp16", "fp32"]
+DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]  # avcontrol_core.dtypes.CHOICES
 DEVICE_CHOICES = ["auto", "cuda", "cpu"]
 
 

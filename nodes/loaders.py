@@ -95,9 +95,10 @@ class AVCModelLoader:
                     "Pre-quantised fp8 files (e.g. ltx-2-19b-dev-fp8) are dequantised as they load (fp8 value x "
                     "its scale). With weights fp8 they are cast to 8 bits again without their scales, as ltx-core's "
                     "fp8 cast does: half the memory, a little more rounding than the file's own."}),
-                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip":
-                    "Weight and compute precision. bf16: the models' native precision (19B needs ~38 GB at bf16). "
-                    "fp32 doubles memory; use it on CPU or for debugging."}),
+                "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip":
+                    "Weight and compute precision. auto: bf16 on a CUDA GPU, fp32 on the CPU (a CPU runs bf16 "
+                    "many times slower). bf16: the models' native precision (19B needs ~38 GB at bf16). fp32 "
+                    "doubles memory; for the CPU or debugging."}),
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip":
                     "Where the model runs. auto: ComfyUI's device (your GPU)."}),
             },
@@ -174,8 +175,9 @@ class AVCTextEncoderLoader:
                     "Gemma 3 12B from models/text_encoders: the single file ComfyUI uses "
                     "(gemma_3_12B_it.safetensors, tokenizer inside) or a Hugging Face folder "
                     "(config.json, weights, tokenizer)."}),
-                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip":
-                    "Gemma precision. bf16 needs ~24 GB for the 12B model; it is only used while encoding."}),
+                "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip":
+                    "Gemma precision. auto: bf16 on a CUDA GPU, fp32 on the CPU. bf16 needs ~24 GB for the 12B "
+                    "model; it is only used while encoding."}),
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where Gemma runs while encoding."}),
             }
         }

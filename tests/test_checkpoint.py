@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avcontrol_core import backbone, checkpoint
+from avcontrol_core.dtypes import parse_dtype
 from avcontrol_core.errors import InputError
 
 BLOCK_KEY = "model.diffusion_model.transformer_blocks.0.attn1.to_q.weight"
@@ -216,8 +217,16 @@ def test_dtype_is_honoured(tiny_models, name, dtype):
 
 
 def test_parse_dtype():
-    assert backbone.parse_dtype("bf16") is torch.bfloat16
-    assert backbone.parse_dtype(torch.float16) is torch.float16
+    assert parse_dtype("bf16") is torch.bfloat16
+    assert parse_dtype(torch.float16) is torch.float16
+    assert parse_dtype("auto", "cpu") is torch.float32  # never bf16 on a CPU
+    assert parse_dtype("auto", "cuda") is torch.bfloat16  # names a device; nothing is put on it
     with pytest.raises(InputError, match="dtype") as err:
-        backbone.parse_dtype("fp8")
-    assert "'fp8'" in str(err.value)
+        parse_dtype("fp8")
+    assert "'fp8'" in str(err.value) and "'auto'" in str(err.value)
+
+
+def test_auto_dtype_loads_fp32_on_the_cpu(tiny_models):
+    model = backbone.load_model(tiny_models["checkpoint_ltx2"])  # the default is "auto"
+    assert model.dtype == torch.float32
+    assert {t.dtype for t in model.transformer.parameters()} == {torch.float32}
