@@ -18,7 +18,6 @@ Strength-0 LoRAs are skipped entirely; several LoRAs on one layer add up.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .errors import InputError, require
+from .errors import InputError, require, warn
 from .lora_keys import flat_lookup, parse_key, resolve_module
 
-log = logging.getLogger(__name__)
 
 REFERENCE_DOWNSCALE_KEY = "reference_downscale_factor"
 REFERENCE_TEMPORAL_KEY = "reference_temporal_scale_factor"  # read by Lightricks' current IC-LoRA pipelines
@@ -254,8 +252,14 @@ def plan(model: torch.nn.Module, stack: LoraStack) -> tuple[_Plan, LoraReport]:
         unknown[key] = lora.unknown_keys
         unmatched[key] = tuple(sorted(missing))
     report = LoraReport(applied, unknown, unmatched)
-    if not report.clean:
-        log.warning("LoRA stack: %s", report.summary())
+    for name, count in applied.items():
+        missing, keys = unmatched[name], unknown[name]
+        if missing:
+            warn(f"{name}: {len(missing)} of its {count + len(missing)} modules are not in this model and were "
+                 f"skipped (e.g. {ckpt._short(list(missing), 3)}); it may be a LoRA for the other layout "
+                 f"(LTX-2 19B vs LTX-2.3 22B)")
+        if keys:
+            warn(f"{name}: {len(keys)} keys were not understood and were skipped (e.g. {ckpt._short(list(keys), 3)})")
     return out, report
 
 

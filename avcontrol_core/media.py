@@ -20,12 +20,25 @@ import av
 import numpy as np
 import torch
 
+from .errors import InputError
+
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _LAYOUTS = {1: "mono", 2: "stereo"}
 _MAX_TIMESCALE = 2**31 - 1
 
 
 # ----------------------------------------------------------------------------- names
+
+
+def output_prefix_problem(prefix: str, directory=None) -> str | None:
+    """Why `prefix` cannot name a file inside the output folder `directory`, or None; checks only, creates
+    nothing (nodes call it before any work)."""
+    rel = Path(str(prefix))
+    if not isinstance(prefix, str) or not prefix.strip() or not rel.name or rel.is_absolute() or ".." in rel.parts:
+        return f"filename_prefix must be a relative name inside the output folder (e.g. avcontrol/clip), got {prefix!r}"
+    if directory is not None and not (Path(directory) / rel).parent.resolve().is_relative_to(Path(directory).resolve()):
+        return f"filename_prefix must stay inside the output folder, got {prefix!r} (it leads outside)"
+    return None
 
 
 def unique_output_path(directory, prefix: str, ext: str = ".mp4") -> Path:
@@ -35,14 +48,11 @@ def unique_output_path(directory, prefix: str, ext: str = ".mp4") -> Path:
     so concurrent callers never get the same name and nothing is overwritten.
     """
     base = Path(directory)
+    problem = output_prefix_problem(prefix, base)
+    if problem:
+        raise InputError(problem)
     rel = Path(str(prefix))
-    if not str(prefix) or not rel.name or rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(
-            f"filename_prefix: expected a relative name inside the output folder, got {prefix!r}"
-        )
     folder = (base / rel).parent
-    if not folder.resolve().is_relative_to(base.resolve()):
-        raise ValueError(f"filename_prefix: {prefix!r} leads outside the output folder")
     folder.mkdir(parents=True, exist_ok=True)
     ext = ext if ext.startswith(".") else "." + ext
     pattern = re.compile(re.escape(rel.name) + r"_(\d+)_" + re.escape(ext) + "$")

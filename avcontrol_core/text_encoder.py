@@ -30,7 +30,7 @@ from ltx_core.text_encoders.gemma.embeddings_processor import EmbeddingsProcesso
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
 
 from . import checkpoint as ckpt
-from .errors import InputError
+from .errors import InputError, warn
 from .conditioning import PromptPair
 from .gemma import GemmaEncoder, load_gemma
 from .sampling import TextContext
@@ -324,6 +324,10 @@ def encode_prompt_pair(encoder: PromptEncoder, positive: str, negative: str) -> 
     if not isinstance(positive, str) or not positive.strip():
         raise InputError(f"positive prompt must describe the clip, got {positive!r}")
     encoded = encoder.encode([positive, negative or ""]).to(device="cpu", dtype=torch.float32)
+    for name, cut in zip(("positive", "negative"), encoded.truncated):
+        if cut:
+            warn(f"{name} prompt is longer than the text encoder's {encoder.max_length} tokens: only its first "
+                 f"{encoder.max_length} tokens were encoded, the rest was cut (shorten it to keep all of it)")
     return PromptPair(
         positive=TextContext(encoded.video_context[:1], encoded.audio_context[:1]),
         negative=TextContext(encoded.video_context[1:], encoded.audio_context[1:]),

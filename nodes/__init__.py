@@ -1,5 +1,9 @@
 """ComfyUI nodes of the pack: thin wrappers over avcontrol_core, one module per family."""
 
+import functools
+
+from . import host
+
 from .controls import CONTROL_NODES
 from .guidance import AVCGuidance
 from .latent import AVCEmptyLatent, AVCImageToVideo, AVCLatentUpscale
@@ -46,3 +50,22 @@ _NODES = {
 
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in _NODES.items()}
+
+
+def _reporting_warnings(cls, title: str) -> None:
+    """The node's function shows the PackWarnings its work raised, on the node and as a toast (host.show_warning)."""
+    function = getattr(cls, cls.FUNCTION)
+    if getattr(function, "reports_warnings", False):
+        return
+
+    @functools.wraps(function)
+    def run(self, *args, **kwargs):
+        with host.reporting_warnings(title):
+            return function(self, *args, **kwargs)
+
+    run.reports_warnings = True
+    setattr(cls, cls.FUNCTION, run)
+
+
+for _name, (_cls, _title) in _NODES.items():
+    _reporting_warnings(_cls, _title)

@@ -7,6 +7,8 @@ defaults; `media()` turns the node's inputs into what the reference shows.
 
 from __future__ import annotations
 
+import math
+
 from . import host
 from .common import CONTROLS, CURVE, LORAS, category
 from .loaders import cached_lora
@@ -81,6 +83,11 @@ class _ControlNode:
             controls=None, attention_mask=None, attention_curve=None, source_fps=0.0, frame_index=0, **inputs):
         from ..avcontrol_core import controls as core
 
+        from ..avcontrol_core.errors import require
+
+        for name, value in (("strength", strength), ("lora_strength", lora_strength)):  # NaN fails here, not later
+            require(isinstance(value, (int, float)) and math.isfinite(value), f"{self.LABEL}: {name}",
+                    "a finite number", value)
         kind = self.kind(**inputs)
         media = self.media(**inputs)
         common = dict(
@@ -106,7 +113,7 @@ def _weight(label, attention, mask, curve):
     from ..avcontrol_core.errors import require, warn
     from ..avcontrol_core.weight import Curve, Weight
 
-    require(isinstance(attention, (int, float)) and attention == attention, f"{label}: attention",
+    require(isinstance(attention, (int, float)) and math.isfinite(attention), f"{label}: attention",
             "a number between 0 and 1", attention)
     if curve is not None:
         curve = Curve.of(curve)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,7 +34,10 @@ __all__ = [
     "output_directory",
     "progress_bar",
     "register_model_folders",
+    "reporting_warnings",
     "resolve_model",
+    "show_text",
+    "show_warning",
     "torch_device",
 ]
 
@@ -297,6 +302,8 @@ class Progress:
         cu = _comfy_utils()
         if cu is not None:
             self._comfy = cu.ProgressBar(self.total)
+            if desc:
+                show_text(desc)  # ComfyUI's bar has no label of its own
         else:
             try:
                 from tqdm.auto import tqdm
@@ -322,6 +329,61 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _server() -> Any | None:
+    """ComfyUI's PromptServer when hosted (ComfyUI imported ``server`` before the nodes), else None."""
+    if not is_hosted():
+        return None
+    return getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+
+
+def _running_node() -> str | None:
+    """The id of the node ComfyUI is executing, or None."""
+    context = sys.modules.get("comfy_execution.utils")
+    current = context.get_executing_context() if context is not None else None
+    if current is not None:
+        return current.node_id
+    return getattr(_server(), "last_node_id", None)
+
+
+def show_text(text: str) -> None:
+    """A line of text on the running node in ComfyUI's graph (what a bar is counting, a warning); no-op unhosted."""
+    server, node = _server(), _running_node()
+    if server is not None and node is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node, server.client_id)
+
+
+WARNING_EVENT = "avcontrol.warning"  # web/avcontrol.js shows it as a toast
+
+
+def show_warning(title: str, message: str) -> None:
+    """What the pack changed of what the user asked for: on stderr always; hosted, also a toast in the browser
+    (event ``avcontrol.warning``) and a line on the node that raised it."""
+    print(f"[AVControl] warning, {title}: {message}", file=sys.stderr, flush=True)
+    server = _server()
+    if server is not None:
+        server.send_sync(WARNING_EVENT, {"node": _running_node(), "title": title, "message": message},
+                         server.client_id)
+        show_text(f"warning: {message}")
+
+
+@contextmanager
+def reporting_warnings(title: str):
+    """Run a node's work, then show every PackWarning it raised (show_warning); other warnings pass on as usual."""
+    from ..avcontrol_core.errors import PackWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PackWarning)
+            yield
+    finally:
+        for w in caught:
+            if issubclass(w.category, PackWarning):
+                show_warning(title, str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def progress_bar(total: int, desc: str | None = None) -> Progress:

@@ -72,6 +72,16 @@ class AVCSaveVideo:
     CATEGORY = category("output")
     DESCRIPTION = "Save an mp4 with sound; shows it in the UI."
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        """ComfyUI calls this when the prompt is queued: a bad prefix fails before anything runs, not after
+        sampling (a linked prefix is checked when the node runs)."""
+        from ..avcontrol_core.media import output_prefix_problem
+
+        if filename_prefix is None:
+            return True
+        return output_prefix_problem(filename_prefix, host.output_directory()) or True
+
     def save(self, images, fps, filename_prefix, audio=None):
         from ..avcontrol_core.media import check_audio, check_images, unique_output_path, write_mp4
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from avcontrol_core import backbone, latents, sampling
-from avcontrol_core.errors import InputError
+from avcontrol_core.errors import InputError, PackWarning
 from avcontrol_core.guidance import Guidance
 from avcontrol_core.lora import LoraStack, apply_loras, lora_targets, plan, read_lora
 from avcontrol_core.lora_keys import parse_key
@@ -383,8 +383,11 @@ def test_unknown_keys_and_unmatched_modules_are_reported(tmp_path, tf, tiny_mode
     }
     lora = read_lora(write_lora(tmp_path / "odd.safetensors", tensors, extra=extra))
     assert set(lora.unknown_keys) == set(list(extra)[:4])
-    with apply_loras(tf, LoraStack().add(lora)) as report:
+    with pytest.warns(PackWarning) as shown, apply_loras(tf, LoraStack().add(lora)) as report:
         out = velocities(tf, tiny_model, ctx)
+    said = [str(w.message) for w in shown if issubclass(w.category, PackWarning)]
+    assert any("1 of its 5 modules are not in this model" in m and "other layout" in m for m in said), said
+    assert any("4 keys were not understood" in m for m in said), said
     assert report.applied == {"odd.safetensors": 4} and not report.clean
     assert set(report.unknown_keys["odd.safetensors"]) == set(list(extra)[:4])
     assert report.unmatched_modules["odd.safetensors"] == ("transformer_blocks.7.attn1.to_q",)

@@ -125,3 +125,28 @@ def test_save_refuses_odd_frames_without_leaving_a_file(nodes, tmp_path):
     with pytest.raises(ValueError, match="images"):
         nodes["AVCSaveVideo"].save(images, 24.0, "odd")
     assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
+@pytest.mark.parametrize("name", ["strength", "lora_strength", "attention"])
+def test_a_control_node_refuses_nan_naming_the_input(nodes, name):
+    """NaN reaches a FLOAT input over the API (the browser's widgets cannot hold it): refused at the control node,
+    before any frames are checked or a LoRA is read, naming the control and the input."""
+    values = dict(lora_name="none", lora_strength=1.0, strength=1.0, attention=1.0) | {name: float("nan")}
+    frames = torch.rand(9, 64, 64, 3)
+    with pytest.raises(InputError, match=rf"depth: {name} must be"):
+        nodes["AVCDepthControl"].add(frames=frames, **values)
+    for value in (1.0, 0.5):  # the same call with a number goes through
+        (controls,) = nodes["AVCDepthControl"].add(frames=frames, **(values | {name: value}))
+        assert len(controls) == 1
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "a/../../escape", "/abs/clip", "", "   "])
+def test_save_checks_the_prefix_when_queued(nodes, prefix, tmp_path):
+    """ComfyUI calls VALIDATE_INPUTS before running anything: a bad prefix fails there, not after sampling."""
+    save = type(nodes["AVCSaveVideo"])
+    problem = save.VALIDATE_INPUTS(filename_prefix=prefix)
+    assert isinstance(problem, str) and problem.startswith("filename_prefix must"), problem
+    assert repr(prefix) in problem
+    assert save.VALIDATE_INPUTS(filename_prefix="avcontrol/clip") is True
+    assert save.VALIDATE_INPUTS() is True  # linked: checked when the node runs
+    assert not (tmp_path / "output").exists()  # checking creates nothing

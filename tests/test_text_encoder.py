@@ -292,3 +292,17 @@ def test_processor_refuses_missing_unexpected_and_mismatched(files):
     del partial["transformer"]["caption_proj_input_norm"]
     with pytest.raises(InputError, match="partial"):
         build_embeddings_processor(partial, 48, 6)
+
+
+def test_a_prompt_cut_at_the_limit_is_reported_by_the_node(files, capfd):
+    """The node says so where the user looks (stderr here; a toast and a line on the node inside ComfyUI)."""
+    from tests.workflow_defs import pack_display_names, pack_node_classes
+
+    node, title = pack_node_classes()["AVCPromptEncode"](), pack_display_names()["AVCPromptEncode"]
+    encoder = PromptEncoder.load(files["single"], files["ltx2"], dtype="fp32", max_length=L)
+    node.encode(encoder, PROMPT, "")
+    assert "warning" not in capfd.readouterr().err
+    node.encode(encoder, PROMPT, LONG * 4)
+    err = capfd.readouterr().err
+    assert f"[AVControl] warning, {title}: negative prompt is longer than the text encoder's {L} tokens" in err
+    assert "positive prompt" not in err
