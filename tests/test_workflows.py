@@ -14,7 +14,7 @@ from tests.workflow_run import run_api_workflow
 from tests.workflow_tiny import class_input_spec, same_version, tinify, write_inputs, write_preprocessor_models
 
 ROOT = Path(__file__).resolve().parents[1]
-API_WORKFLOWS = sorted((ROOT / "workflows").glob("*_api.json"))
+API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*_api.json"))
 
 
 class _CoreStandIn:

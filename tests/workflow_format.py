@@ -7,10 +7,11 @@ and for authoring the example workflows.
   a linked input being ``[source_node_id_str, output_slot]``.
 
 The server cannot convert between them, so every example workflow ships as a pair,
-``workflows/NAME.json`` (UI) and ``workflows/NAME_api.json`` (API). Author the API form, then
+``workflows/NAME.json`` (UI, listed as a template by ComfyUI) and ``workflows/api/NAME_api.json`` (API; a
+subfolder, so the Templates browser does not list it). Author the API form, then
 
-    python -m tests.workflow_format regenerate workflows/NAME_api.json   # writes NAME.json
-    python -m tests.workflow_format check workflows/NAME_api.json        # pair in sync?
+    python -m tests.workflow_format regenerate workflows/api/NAME_api.json   # writes workflows/NAME.json
+    python -m tests.workflow_format check workflows/api/NAME_api.json        # pair in sync?
     python -m tests.workflow_format to-api workflows/NAME.json           # UI -> API on stdout
 
 Node definitions (and the widget rules of the frontend they reproduce) live in
@@ -319,11 +320,13 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def ui_path_for(api_path: Path | str) -> Path:
-    """workflows/NAME_api.json -> workflows/NAME.json"""
+    """workflows/api/NAME_api.json -> workflows/NAME.json (an API file outside an api/ folder: its UI twin
+    beside it)"""
     api_path = Path(api_path)
     if not api_path.name.endswith("_api.json"):
         raise ValueError(f"{api_path}: API workflows are named NAME_api.json")
-    return api_path.with_name(api_path.name[: -len("_api.json")] + ".json")
+    folder = api_path.parent.parent if api_path.parent.name == "api" else api_path.parent
+    return folder / (api_path.name[: -len("_api.json")] + ".json")
 
 
 def pack_registry_id(root: Path | str = REPO) -> str | None:

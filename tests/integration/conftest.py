@@ -1,4 +1,5 @@
-"""Run the pack inside a real ComfyUI server (``COMFYUI_PATH`` = a ComfyUI checkout).
+"""Run the pack inside a real ComfyUI server: ``COMFYUI_PATH`` (a ComfyUI checkout), or else the source snapshot
+``../shared/hosts/comfyui-*.tar.gz`` unpacked into the session's scratch folder.
 
 The server is started once per session, with everything it writes kept out of the checkout:
 
@@ -42,7 +43,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SKIP_REASON = "COMFYUI_PATH not set: point it at a ComfyUI checkout to run the pack inside a real server"
+SKIP_REASON = ("no ComfyUI: COMFYUI_PATH is not set and ../shared/hosts holds no comfyui-*.tar.gz; point COMFYUI_PATH "
+               "at a ComfyUI checkout to run the pack inside a real server")
 PACK_LINK_NAME = "comfyui-avcontrol"
 HOST = "127.0.0.1"
 
@@ -65,7 +67,7 @@ RUN_TIMEOUT = _env_seconds("COMFYUI_RUN_TIMEOUT", 600)
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("COMFYUI_PATH"):
+    if os.environ.get("COMFYUI_PATH") or host_snapshot() is not None:
         return
     here = Path(__file__).parent
     marker = pytest.mark.skip(reason=SKIP_REASON)
@@ -430,11 +432,37 @@ class ComfyServer:
 # --------------------------------------------------------------------------------------------
 
 
+# ComfyUI's own requirements (requirements-comfyui.txt): without them the server cannot start
+COMFYUI_MODULES = ("aiohttp", "alembic", "comfyui_frontend_package", "torchsde", "kornia", "spandrel", "comfy_kitchen")
+
+
+def host_snapshot() -> Path | None:
+    """The ComfyUI source snapshot beside the project (../shared/hosts/comfyui-*.tar.gz), newest name last."""
+    found = sorted((REPO.parent / "shared" / "hosts").glob("comfyui-*.tar.gz"))
+    return found[-1] if found else None
+
+
 @pytest.fixture(scope="session")
-def comfyui_path() -> Path:
+def comfyui_path(tmp_path_factory) -> Path:
+    """COMFYUI_PATH, or else the snapshot in ../shared/hosts unpacked into the session's scratch folder."""
+    import importlib.util
+    import tarfile
+
+    missing = [m for m in COMFYUI_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"ComfyUI's requirements are not installed ({', '.join(missing)} missing): "
+                    "pip install -r requirements-comfyui.txt")
     value = os.environ.get("COMFYUI_PATH")
     if not value:
-        pytest.skip(SKIP_REASON)
+        snapshot = host_snapshot()
+        if snapshot is None:
+            pytest.skip(SKIP_REASON)
+        target = tmp_path_factory.mktemp("comfyui-src")
+        with tarfile.open(snapshot) as archive:
+            archive.extractall(target, filter="data")
+        mains = sorted(target.glob("*/main.py"))
+        assert mains, f"{snapshot.name} holds no ComfyUI (no */main.py)"
+        value = str(mains[0].parent)
     path = Path(value).expanduser().resolve()
     assert (path / "main.py").is_file(), f"COMFYUI_PATH={value} is not a ComfyUI checkout (no main.py)"
     return path

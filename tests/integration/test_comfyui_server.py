@@ -1,7 +1,7 @@
 """The pack inside a real ComfyUI server: registration, every example workflow end to end through
 ``POST /prompt`` with the tiny models, progress over the websocket, and interruption.
 
-Skipped unless COMFYUI_PATH points at a ComfyUI checkout (see conftest.py)."""
+Runs in COMFYUI_PATH, or else in the snapshot ../shared/hosts/comfyui-*.tar.gz unpacked (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.workflow_format import read_json
 REPO = Path(__file__).resolve().parents[2]
 
 PACK_PREFIX = "AVControl"
-WORKFLOWS = sorted((REPO / "workflows").glob("*_api.json"))
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*_api.json"))
 
 
 def test_object_info_lists_every_pack_node(comfy):
@@ -144,3 +144,44 @@ def test_interrupt_then_next_run_succeeds(comfy):
         again[sampler]["inputs"]["seed"] = int(again[sampler]["inputs"]["seed"]) + 1
     entry = _run(comfy, again)
     assert len(comfy.output_files(entry)) == 1
+
+
+def _text_to_av(comfy) -> dict:
+    api = comfy.tinify(read_json(REPO / "workflows" / "api" / "text_to_audio_video_api.json"))
+    comfy.write_input_images(api)
+    return api
+
+
+def _node_of(api: dict, class_type: str) -> str:
+    return next(k for k, v in api.items() if v["class_type"] == class_type)
+
+
+def test_a_bad_filename_prefix_is_refused_when_queued(comfy):
+    """Save Video's VALIDATE_INPUTS: POST /prompt answers 400 naming the node and the input; nothing runs."""
+    api = _text_to_av(comfy)
+    save = _node_of(api, "AVCSaveVideo")
+    api[save]["inputs"]["filename_prefix"] = "../escape"
+    status, body = comfy.post_json("/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
+    assert status == 400, body
+    errors = body["node_errors"][save]["errors"]
+    assert any("filename_prefix must" in e.get("details", "") for e in errors), errors
+    assert not (comfy.output_dir.parent / "escape_00001_.mp4").exists()
+
+
+def test_a_pack_warning_reaches_the_browser_naming_the_node(comfy):
+    """An over-long prompt is cut at the encoder's limit: the websocket carries avcontrol.warning (the toast
+    web/avcontrol.js shows) with the prompt node's id, and the run still succeeds."""
+    api = _text_to_av(comfy)
+    prompt = _node_of(api, "AVCPromptEncode")
+    api[prompt]["inputs"]["positive"] = "A storm rolls over the harbour, rain hammers the tin roofs. " * 40
+    client_id = uuid.uuid4().hex
+    ws = comfy.websocket(client_id)
+    try:
+        _run(comfy, api, client_id)
+        time.sleep(0.5)
+        warnings = [m["data"] for m in ws.log if m.get("type") == "avcontrol.warning"]
+    finally:
+        ws.close()
+    assert warnings, f"no avcontrol.warning message:\n{comfy.log_tail()}"
+    assert warnings[0]["node"] == prompt and "positive prompt is longer" in warnings[0]["message"], warnings
+    assert warnings[0]["title"] == "AVControl Prompt Encode"
