@@ -90,6 +90,19 @@ def test_each_workflow_runs_on_the_tiny_model_of_its_checkpoints_layout():
     assert {same_version(n, offered) for n in names} == set(offered)  # both layouts run end to end
 
 
+def test_templates_are_the_ui_workflows_each_with_its_thumbnail():
+    """ComfyUI lists every workflows/*.json as a template and asks for NAME.jpg per card: only UI workflows there
+    (the API twins sit in workflows/api/, which it does not glob), each with a real JPEG."""
+    from PIL import Image
+
+    listed = sorted((ROOT / "workflows").glob("*.json"))
+    assert [p.stem for p in listed] == sorted(p.name[: -len("_api.json")] for p in API_WORKFLOWS)
+    for path in listed:
+        assert "nodes" in read_json(path), f"{path.name} is not a UI workflow"
+        with Image.open(path.with_suffix(".jpg")) as thumb:
+            assert thumb.format == "JPEG" and thumb.size == (384, 256), path.name
+
+
 def test_every_example_loads_in_the_dtype_of_the_machine():
     """bf16 on a CPU without bf16 instructions took 360 s against 6 s in fp32: the examples leave it to 'auto'."""
     dtypes = {(p.name, node["class_type"]): node["inputs"]["dtype"] for p in API_WORKFLOWS
