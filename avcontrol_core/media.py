@@ -20,7 +20,7 @@ import av
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, warn
 
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _LAYOUTS = {1: "mono", 2: "stereo"}
@@ -217,27 +217,56 @@ def _stream_fps(stream) -> float:
     return float(rate)
 
 
+def _frames(container, stream, skipped: list):
+    """Decoded frames of one stream; a packet the decoder refuses (damaged data, common in real AVI / AC3 files)
+    is skipped and its pts appended to `skipped`."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()  # the last, empty packet flushes the decoder
+        except av.error.FFmpegError:
+            skipped.append(packet.pts)
+
+
 def _decode_audio(path, fallback_seconds: float | None = None):
     """(float32 [C, T], sample_rate, codec) of the first audio track; None without one.
 
-    Leading samples with negative timestamps (AAC priming the decoder kept) are
-    dropped; in MP4/MOV the result is trimmed to the stream's container duration
-    (the edit list), or to fallback_seconds when that is unknown.
+    Each frame is placed at its timestamp: leading samples before time 0 (AAC priming the decoder kept) are
+    dropped, and the samples of a damaged packet that was skipped become silence, so the sound stays in sync
+    (with a warning). In MP4/MOV the result is trimmed to the stream's container duration (the edit list), or to
+    fallback_seconds when that is unknown.
     """
     with av.open(str(path)) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp")
-        parts, skip, first = [], 0, True
-        for frame in container.decode(stream):
-            if first and frame.pts is not None and frame.pts < 0:
-                skip = round(-frame.pts * stream.time_base * frame.sample_rate)
-            first = False
-            parts += [f.to_ndarray() for f in resampler.resample(frame)]
-        parts += [f.to_ndarray() for f in resampler.resample(None)]
         sr = stream.codec_context.sample_rate
         channels = stream.codec_context.channels
+        resampler = av.AudioResampler(format="fltp")
+        parts, length, origin, skipped = [], 0, None, []
+
+        def place(arrays, at):
+            nonlocal length
+            for a in arrays:
+                if at is not None and origin is not None:
+                    start = at - origin
+                    if start < 0:  # before time 0 (priming)
+                        a, start = a[:, -start:], 0
+                    if start - length > max(32, a.shape[-1] // 2):  # a gap: a skipped packet
+                        parts.append(np.zeros((a.shape[0], start - length), np.float32))
+                        length = start
+                    at = None  # the resampler's later arrays follow on
+                parts.append(a)
+                length += a.shape[-1]
+
+        for frame in _frames(container, stream, skipped):
+            at = None if frame.pts is None else round(frame.pts * stream.time_base * frame.sample_rate)
+            if origin is None:
+                first = stream.start_time if stream.start_time is not None else frame.pts
+                origin = 0 if first is None else max(0, round(first * stream.time_base * frame.sample_rate))
+                if skipped and skipped[0] is not None:  # a damaged first packet still marks where sound begins
+                    origin = min(origin, max(0, round(skipped[0] * stream.time_base * frame.sample_rate)))
+            place([f.to_ndarray() for f in resampler.resample(frame)], at)
+        place([f.to_ndarray() for f in resampler.resample(None)], None)
         limit = None
         if "mp4" in container.format.name or "mov" in container.format.name:
             if stream.duration:
@@ -245,8 +274,10 @@ def _decode_audio(path, fallback_seconds: float | None = None):
             elif fallback_seconds is not None:
                 limit = round(fallback_seconds * sr)
         codec = stream.codec_context.name
+    if skipped:
+        warn(f"{Path(path).name}: {len(skipped)} damaged audio packet{'s' if len(skipped) > 1 else ''} skipped; "
+             f"the gap is silence, so the sound stays in sync with the picture")
     wave = np.concatenate(parts, axis=-1) if parts else np.zeros((channels, 0), np.float32)
-    wave = wave[:, skip:]
     if limit is not None:
         wave = wave[:, :limit]
     return np.ascontiguousarray(wave, dtype=np.float32), sr, codec
@@ -268,9 +299,16 @@ def read_mp4(path) -> tuple[torch.Tensor, float, dict | None]:
             raise ValueError(f"video: no video stream in {path}")
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        skipped: list = []
+        frames = [f.to_ndarray(format="rgb24") for f in _frames(container, stream, skipped)]
+        claimed = stream.frames
     if not frames:
         raise ValueError(f"video: no frames decoded from {path}")
+    if skipped:
+        warn(f"{Path(path).name}: {len(skipped)} damaged video packet{'s' if len(skipped) > 1 else ''} skipped "
+             f"({len(frames)} frames read)")
+    elif claimed and claimed > len(frames):
+        warn(f"{Path(path).name} claims {claimed} frames but holds {len(frames)}: read what it has")
     images = torch.from_numpy(np.stack(frames)).float() / 255.0
     decoded = _decode_audio(path, fallback_seconds=len(frames) / fps)
     audio = None
@@ -287,7 +325,7 @@ def probe_mp4(path) -> dict:
             raise ValueError(f"video: no video stream in {path}")
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        frames = sum(1 for p in container.demux(stream) if p.size)  # what the file holds, not what it claims
         info = {
             "frames": int(frames),
             "fps": fps,

@@ -115,13 +115,14 @@ def plan_block_swap(block_bytes: list[int], fixed_bytes: int, budget_bytes: int,
 
 
 def _too_small(block_bytes, fixed_bytes, activation_bytes, budget_bytes, free_bytes, need_min) -> str:
+    need = f"{math.ceil(need_min / GIB * 100 - 1e-9) / 100:.2f} GB"  # rounded up: a budget of this many GB fits
     parts = (f"the transformer's fixed layers ({gb(fixed_bytes)}), activations at this size "
              f"({gb(activation_bytes)}) and one streamed block ({gb(max(block_bytes))})")
     if 0 < budget_bytes <= free_bytes:
-        return (f"offload_budget_gb {budget_bytes / GIB:.2f} is too small: {parts} need at least {gb(need_min)}; "
-                f"raise offload_budget_gb to at least {math.ceil(need_min / GIB * 100) / 100:.2f}, or lower the "
+        return (f"offload_budget_gb {budget_bytes / GIB:.2f} is too small: {parts} need at least {need}; "
+                f"raise offload_budget_gb to at least {need[:-3]}, or lower the "
                 f"resolution / frames (activations), or use weights fp8 (halves the block size)")
-    return (f"only {gb(free_bytes)} of GPU memory is free, and {parts} need at least {gb(need_min)}: close other "
+    return (f"only {gb(free_bytes)} of GPU memory is free, and {parts} need at least {need}: close other "
             f"programs or models using the GPU, or lower the resolution / frames, or use weights fp8")
 
 

@@ -30,6 +30,7 @@ class _ControlNode:
     FUNCTION = "add"
     RETURN_TYPES = (CONTROLS,)
     RETURN_NAMES = ("controls",)
+    OUTPUT_TOOLTIPS = ("The controls so far plus this one; chain more control nodes, then connect to the sampler's controls.",)
     CATEGORY = category("controls")
 
     @classmethod
@@ -282,6 +283,7 @@ class AVCLoraLoader:
 
     RETURN_TYPES = (LORAS,)
     RETURN_NAMES = ("loras",)
+    OUTPUT_TOOLTIPS = ("The LoRAs so far plus this one; connect to the sampler's loras (or chain more loaders).",)
     FUNCTION = "add"
     CATEGORY = category("loaders")
     DESCRIPTION = __doc__

@@ -45,6 +45,7 @@ class AVCGuidance:
 
     RETURN_TYPES = (GUIDANCE,)
     RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Per-stream guidance (text CFG, STG, cross-modal) for the sampler's guidance input.",)
     FUNCTION = "build"
     CATEGORY = category("sampling")
     DESCRIPTION = "Guidance per stream. Passes whose scales make them a no-op are skipped."

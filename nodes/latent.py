@@ -28,6 +28,7 @@ class AVCEmptyLatent:
 
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("An empty (noise-ready) video + audio latent of this size, length and frame rate; connect to the sampler.",)
     FUNCTION = "create"
     CATEGORY = category("latent")
     DESCRIPTION = "Empty joint audio+video latent (video 32x/8x compressed, audio 25 latents per second)."
@@ -57,6 +58,7 @@ class AVCImageToVideo:
 
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The latent with the first frame set as a condition (kept at the given strength); connect to the sampler.",)
     FUNCTION = "apply"
     CATEGORY = category("latent")
     DESCRIPTION = "Image-to-video: put an image at frame 0 of the latent."
@@ -92,6 +94,8 @@ class AVCLatentUpscale:
 
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The latent at twice the width and height, ready for stage two (a sampler on the distilled stage-two "
+                       "schedule).",)
     FUNCTION = "upscale"
     CATEGORY = category("latent")
     DESCRIPTION = ("Upscale a sampled latent in space (x2 with LTX-2's upsampler). Then sample it again with the "

@@ -138,6 +138,8 @@ class AVCModelLoader:
 
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The LTX-2 model (transformer now; VAEs and vocoder load on first use); connect to the sampler, decode and the "
+                       "text encoder loader.",)
     FUNCTION = "load"
     CATEGORY = category("loaders")
     DESCRIPTION = "Load an LTX-2 audio+video checkpoint. Refuses files of other models, with the reason."
@@ -184,6 +186,7 @@ class AVCTextEncoderLoader:
 
     RETURN_TYPES = (TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("Gemma 3 bound to this checkpoint's text connectors; connect to AVControl Prompt Encode.",)
     FUNCTION = "load"
     CATEGORY = category("loaders")
     DESCRIPTION = "Load the Gemma 3 text encoder for LTX-2 prompts."
@@ -232,6 +235,7 @@ class AVCLatentUpscalerLoader:
 
     RETURN_TYPES = (UPSCALER,)
     RETURN_NAMES = ("upscaler",)
+    OUTPUT_TOOLTIPS = ("The spatial latent upsampler (x2); connect to AVControl Latent Upscale for stage two.",)
     FUNCTION = "load"
     CATEGORY = category("loaders")
     DESCRIPTION = "Load LTX-2's spatial latent upsampler (stage two of two-stage inference)."

@@ -29,6 +29,8 @@ class AVCDecode:
 
     RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
     RETURN_NAMES = ("images", "audio", "fps")
+    OUTPUT_TOOLTIPS = ("The decoded frames (IMAGE batch, 0..1).", "The decoded sound (AUDIO, the vocoder's rate), as long as the "
+                       "video.", "The clip's frame rate; connect to Save Video.")
     FUNCTION = "decode"
     CATEGORY = category("output")
     DESCRIPTION = ("Latent to frames (IMAGE), sound (AUDIO, stereo at the vocoder's rate: 24 kHz for LTX-2) and the "
@@ -67,6 +69,7 @@ class AVCSaveVideo:
 
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Path of the written mp4 (a new file every run; earlier files are never overwritten).",)
     OUTPUT_NODE = True
     FUNCTION = "save"
     CATEGORY = category("output")

@@ -31,6 +31,25 @@ def _steps(total: int, desc: str):
     return bar, step
 
 
+CHUNK = 16  # frames per progress step of the whole-batch operations (masks, padding, fill)
+
+
+def _by_chunks(frames: int, desc: str, run):
+    """run(start, stop) over CHUNK-frame slices with a labelled bar and Cancel between slices; the results (a
+    tensor, or a tuple of tensors) are joined along frames."""
+    import torch
+
+    bar, step = _steps(max(1, -(-frames // CHUNK)), desc)
+    parts = []
+    with bar:
+        for start in range(0, max(frames, 1), CHUNK):
+            parts.append(run(start, min(start + CHUNK, frames)))
+            step()
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
+
+
 def _weights():
     """The weights module, with its cache tied to ComfyUI's memory management (idempotent)."""
     from ..avcontrol_core.preprocess import weights
@@ -349,7 +368,8 @@ class AVCMaskFromBox:
         from ..avcontrol_core.preprocess.masks import box_mask
 
         frames, h, w = check_images(image).shape[:3]
-        return (box_mask(frames, h, w, x, y, width, height, feather, invert),)
+        return (_by_chunks(frames, "mask from box",
+                           lambda a, b: box_mask(b - a, h, w, x, y, width, height, feather, invert)),)
 
 
 class AVCMaskFromThreshold:
@@ -381,9 +401,12 @@ class AVCMaskFromThreshold:
     DESCRIPTION = "Inpaint mask from a threshold over an image batch, grown and feathered."
 
     def run(self, image, channel, threshold, invert, grow, feather):
+        from ..avcontrol_core.preprocess.frames import check_images
         from ..avcontrol_core.preprocess.masks import threshold_mask
 
-        return (threshold_mask(image, threshold, channel, invert, grow, feather),)
+        images = check_images(image)
+        return (_by_chunks(images.shape[0], "mask from threshold",
+                           lambda a, b: threshold_mask(images[a:b], threshold, channel, invert, grow, feather)),)
 
 
 class AVCOutpaintPad:
@@ -432,7 +455,8 @@ class AVCOutpaintPad:
         if target_aspect != "none":
             left, right, top, bottom = aspect_padding(images.shape[1], images.shape[2], target_aspect,
                                                       align_x, align_y)
-        return outpaint(images, left, right, top, bottom, fill, feather)
+        return _by_chunks(images.shape[0], "outpaint pad",
+                          lambda a, b: outpaint(images[a:b], left, right, top, bottom, fill, feather))
 
 
 class AVCFillMasked:
@@ -458,9 +482,15 @@ class AVCFillMasked:
     DESCRIPTION = "Inpaint: blank the masked area of every frame with grey, black or white."
 
     def run(self, image, mask, fill):
+        from ..avcontrol_core.preprocess.frames import check_images, check_mask
         from ..avcontrol_core.preprocess.masks import fill_masked
 
-        return (fill_masked(image, mask, fill),)
+        images, masks = check_images(image), check_mask(mask)
+        if masks.shape[0] not in (1, images.shape[0]):  # as fill_masked says it, before any frame is touched
+            return (fill_masked(images, masks, fill),)
+        per_frame = masks.shape[0] == images.shape[0] and images.shape[0] > 1
+        return (_by_chunks(images.shape[0], "inpaint fill",
+                           lambda a, b: fill_masked(images[a:b], masks[a:b] if per_frame else masks, fill)),)
 
 
 # --------------------------------------------------------------------------------------------

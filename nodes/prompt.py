@@ -24,6 +24,7 @@ class AVCPromptEncode:
 
     RETURN_TYPES = (CONDITIONING,)
     RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The positive and negative prompts, encoded for the video and audio streams; connect to the sampler.",)
     FUNCTION = "encode"
     CATEGORY = category("conditioning")
     DESCRIPTION = "Encode prompts with Gemma 3 and the checkpoint's text connectors."

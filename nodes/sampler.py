@@ -48,6 +48,7 @@ class AVCSampler:
 
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The denoised video + audio latent; connect to AVControl Decode, or to Latent Upscale for stage two.",)
     FUNCTION = "run"
     CATEGORY = category("sampling")
     DESCRIPTION = "Generate video and its sound together."

@@ -4,6 +4,7 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -205,3 +206,89 @@ def test_fit_audio_and_seconds():
     assert media.fit_audio(audio, 0.5)["waveform"].shape == (1, 1, 8000)
     longer = media.fit_audio(audio, 1.5)["waveform"]
     assert longer.shape == (1, 1, 24000) and longer[..., 16000:].abs().max() == 0
+
+
+def _damage_audio_packets(src, dst, which):
+    """Copy `src` with the bytes of its audio packets number `which` (demux order) replaced by noise."""
+    import av
+
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size, p.pts) for p in c.demux(c.streams.audio[0]) if p.size]
+    data = bytearray(Path(src).read_bytes())
+    rng = np.random.default_rng(0)
+    for k in which:
+        pos, size, _ = packets[k]
+        data[pos:pos + size] = bytes(rng.integers(0, 256, size, dtype=np.uint8))
+    Path(dst).write_bytes(bytes(data))
+    return [packets[k][2] for k in which]
+
+
+def test_damaged_audio_packets_are_skipped_and_the_sound_stays_in_sync(tmp_path):
+    """A corrupt first packet (and one in the middle) used to make load_audio / read_mp4 / probe_mp4 raise.
+    Now: a warning, the same length, silence where the damaged frame was, and every later sample where the
+    undamaged file has it (an implementation that just dropped the frame would shift the rest by 1024 samples)."""
+    from avcontrol_core.errors import PackWarning
+
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)))
+                            .astype(np.float32))[None, None]
+    clean = media.write_mp4(tmp_path / "clean.mp4", torch.rand(24, 64, 64, 3), 12, {"waveform": tone, "sample_rate": sr})
+    pts = _damage_audio_packets(clean, tmp_path / "bad.mp4", [0, 40])
+    assert pts[0] < 0 and pts[1] > 0  # the AAC priming packet, and one 0.8 s in
+    good = media.load_audio(clean)["waveform"][0, 0].numpy()
+    with pytest.warns(PackWarning, match="2 damaged audio packets skipped"):
+        bad = media.load_audio(tmp_path / "bad.mp4")["waveform"][0, 0].numpy()
+    assert bad.shape == good.shape
+    frame = 1024
+    start = pts[1]  # time base 1/48000 (the AAC stream's): the damaged frame's first sample
+    assert np.all(bad[start:start + frame] == 0.0)  # silence, at its place
+    later = slice(start + 3 * frame, len(good))  # after the decoder's overlap settles
+    np.testing.assert_allclose(bad[later], good[later], atol=1e-3)
+    before = slice(3 * frame, start - frame)
+    np.testing.assert_allclose(bad[before], good[before], atol=1e-3)
+    with pytest.warns(PackWarning):
+        images, fps, audio = media.read_mp4(tmp_path / "bad.mp4")
+    assert images.shape[0] == 24 and audio["waveform"].shape[-1] == len(good)
+    with pytest.warns(PackWarning):
+        assert media.probe_mp4(tmp_path / "bad.mp4")["frames"] == 24
+
+
+def _avi_with_ac3(path, seconds: float = 2.0, sr: int = 48000) -> Path:
+    """An AVI with MPEG-4 video and AC3 sound, as cameras and old rips make them."""
+    c = av.open(str(path), "w")
+    v = c.add_stream("mpeg4", rate=12)
+    v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
+    a = c.add_stream("ac3", rate=sr)
+    a.layout = "stereo"
+    for _ in range(int(12 * seconds)):
+        for p in v.encode(av.VideoFrame.from_ndarray(np.random.randint(0, 255, (64, 64, 3), np.uint8), "rgb24")):
+            c.mux(p)
+    t = np.arange(int(seconds * sr)) / sr
+    w = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for k in range(0, len(w), 1536):
+        frame = av.AudioFrame.from_ndarray(np.stack([w[k:k + 1536]] * 2), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = sr, k
+        for p in a.encode(frame):
+            c.mux(p)
+    for stream in (a, v):
+        for p in stream.encode(None):
+            c.mux(p)
+    c.close()
+    return Path(path)
+
+
+def test_damaged_ac3_packets_in_an_avi_become_silence_in_place(tmp_path):
+    from avcontrol_core.errors import PackWarning
+
+    clean = _avi_with_ac3(tmp_path / "clip.avi")
+    _damage_audio_packets(clean, tmp_path / "bad.avi", [0, 20])
+    good = media.load_audio(clean)["waveform"][0, 0].numpy()
+    with pytest.warns(PackWarning, match="2 damaged audio packets skipped"):
+        images, fps, audio = media.read_mp4(tmp_path / "bad.avi")
+    bad = audio["waveform"][0, 0].numpy()
+    assert images.shape[0] == 24 and fps == 12 and bad.shape == good.shape
+    frame, start = 1536, 20 * 1536  # AC3: 1536 samples a packet, the 21st damaged
+    assert np.all(bad[:frame] == 0.0) and np.all(bad[start:start + frame] == 0.0)
+    for part in (slice(2 * frame, start - frame), slice(start + 2 * frame, len(good))):
+        np.testing.assert_allclose(bad[part], good[part], atol=1e-3)

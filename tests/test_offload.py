@@ -76,6 +76,11 @@ def test_budget_below_one_block_is_refused_with_the_minimum():
     assert isinstance(err.value, InputError)  # raised before any work, like every input error
     assert "raise offload_budget_gb to at least 2.00" in str(err.value)
     plan_block_swap(blocks, fixed, budget_bytes=2 * GIB, free_bytes=100 * GIB, activation_bytes=act)  # the minimum runs
+    # 0.504 GB needed: both numbers say 0.51 (rounded up, the budget to type), never "need 0.50; raise to 0.51"
+    with pytest.raises(BudgetError) as err:
+        plan_block_swap([int(0.3 * GIB)], int(0.104 * GIB), budget_bytes=GIB // 4, free_bytes=100 * GIB,
+                        activation_bytes=int(0.1 * GIB))
+    assert "need at least 0.51 GB; raise offload_budget_gb to at least 0.51," in str(err.value), str(err.value)
     with pytest.raises(BudgetError, match=r"only 1\.00 GB of GPU memory is free.*at least 2\.00 GB"):
         plan_block_swap(blocks, fixed, budget_bytes=20 * GIB, free_bytes=GIB, activation_bytes=act)
 

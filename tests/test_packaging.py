@@ -62,10 +62,14 @@ def test_every_node_has_category_tooltips_and_display_name():
         for section in cls.INPUT_TYPES().values():
             for input_name, spec in section.items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        assert tips and len(tips) == len(cls.RETURN_TYPES) and all(tips), f"{name}: an output has no tooltip"
 
 
 def test_core_library_never_imports_comfy():
-    for path in (ROOT / "avcontrol_core").glob("*.py"):
+    files = sorted((ROOT / "avcontrol_core").rglob("*.py"))  # every subfolder (preprocess/ included)
+    assert any(p.parent.name == "preprocess" for p in files)
+    for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]
@@ -73,4 +77,7 @@ def test_core_library_never_imports_comfy():
                 mods = [node.module or ""]
             else:
                 continue
-            assert not any(m.split(".")[0] in ("comfy", "folder_paths", "nodes") for m in mods), (path.name, mods)
+            # absolute imports of ComfyUI's modules, and relative ones reaching the pack's nodes/ (level 2+: ..nodes)
+            level = getattr(node, "level", 0)
+            assert not any(m.split(".")[0] in ("comfy", "folder_paths", "server", "comfy_execution")
+                           or (m.split(".")[0] == "nodes" and level != 1) for m in mods), (str(path), mods)

@@ -10,6 +10,7 @@ Depth and pose (model files) are in test_preprocess_models.py; helpers and fixtu
 from __future__ import annotations
 
 import importlib
+import warnings
 import math
 
 import numpy as np
@@ -209,3 +210,64 @@ def test_visual_nodes_are_preprocessors_with_tooltips():
         for section in cls.INPUT_TYPES().values():
             for input_name, spec in section.items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name}"
+
+
+@pytest.mark.parametrize("node, args", [
+    ("AVCMaskFromBox", (10, 20, 30, 25, 4.0, False)),
+    ("AVCMaskFromThreshold", ("luminance", 0.5, False, 2, 3.0)),
+    ("AVCOutpaintPad", (8, 4, 0, 6, "none", "center", "center", "mirror", 2.0)),
+    ("AVCFillMasked", ("grey",)),
+])
+def test_whole_batch_nodes_show_progress_and_cancel_between_chunks(nodes, monkeypatch, node, args):
+    """40 frames go in chunks of 16: three labelled steps, Cancel between them, and the joined result equals the
+    whole batch done at once by the core function."""
+    from importlib import import_module
+
+    visual = import_module(f"{PACK_PACKAGE}.nodes.preprocess_visual")
+    core = import_module(f"{PACK_PACKAGE}.avcontrol_core.preprocess.masks")
+    clip = torch.rand(40, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    mask = (torch.rand(40, 48, 64, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    inputs = (clip, mask) if node == "AVCFillMasked" else (clip,)
+    labels = []
+    real_bar = host.progress_bar
+    monkeypatch.setattr(host, "progress_bar", lambda total, desc=None: labels.append((total, desc))
+                        or real_bar(total, desc))
+    out = nodes[node].run(*inputs, *args)
+    whole = {
+        "AVCMaskFromBox": lambda: (core.box_mask(40, 48, 64, *args),),
+        "AVCMaskFromThreshold": lambda: (core.threshold_mask(clip, args[1], args[0], *args[2:]),),
+        "AVCOutpaintPad": lambda: core.outpaint(clip, *args[:4], args[7], args[8]),
+        "AVCFillMasked": lambda: (core.fill_masked(clip, mask, *args),),
+    }[node]()
+    assert len(out) == len(whole) and all(torch.equal(a, b) for a, b in zip(out, whole))
+    assert len(labels) == 1 and labels[0][0] == -(-40 // visual.CHUNK) == 3 and labels[0][1]  # labelled
+
+    checks = []
+
+    def interrupted():
+        checks.append(1)
+        if len(checks) > 2:  # the node's first check, then one per chunk: cancel after the first chunk
+            raise RuntimeError("cancelled")
+
+    monkeypatch.setattr(host, "check_interrupted", interrupted)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        nodes[node].run(*inputs, *args)
+    assert len(checks) == 3
+
+
+def test_fit_says_when_it_assumes_the_rate_or_makes_a_huge_clip():
+    fit = importlib.import_module(f"{PACK_PACKAGE}.avcontrol_core.preprocess.fit")
+    PackWarning = importlib.import_module(f"{PACK_PACKAGE}.avcontrol_core.errors").PackWarning
+    clip = torch.rand(200, 40, 72, 3)
+    with pytest.warns(PackWarning) as said:
+        out = fit.fit_clip(clip, 64, 32, "crop", 10.0, 24.0, 0, "drop")
+    messages = [str(w.message) for w in said if issubclass(w.category, PackWarning)]
+    assert out.images.shape[0] == 473  # 480 by time, 8n+1 -> 473
+    assert messages == ["Fit Clip makes 473 frames at 64x32 (0.0 GB as an IMAGE batch) because max_frames is 0 "
+                        "(no limit); set max_frames (e.g. 121 or 257) to keep fewer"]
+    with pytest.warns(PackWarning, match=r"source_fps is 0, so the clip's 200 frames are taken as already 24 fps"):
+        fit.fit_clip(clip, 64, 32, "crop", 0.0, 24.0, 121, "drop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PackWarning)  # a given rate and a frame limit: nothing to say
+        fit.fit_clip(clip, 64, 32, "crop", 10.0, 24.0, 121, "drop")
+        fit.fit_clip(clip[:1], 64, 32, "crop", 0.0, 24.0, 0, "drop")  # one picture has no rate

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, require
+from ..errors import InputError, require, warn
 from .frames import Step, check_images, check_mask
 
 GRID = 32
@@ -118,6 +118,10 @@ def plan_geometry(source_width: int, source_height: int, width: int, height: int
     return Geometry((source_width, source_height), (tw, th), (cw, ch), pad=split, mode=mode)
 
 
+LARGE_OUTPUT_FRAMES = 257  # the longest clip the released pipelines make at 24 fps (about 10 s)
+LARGE_OUTPUT_BYTES = 2 * 2**30
+
+
 def plan_frames(count: int, source_fps: float = 0.0, target_fps: float = 24.0, max_frames: int = 0,
                 rule: str = "drop") -> Timing:
     """The source frame shown by each output frame (see the module), and the words for it."""
@@ -198,7 +202,16 @@ def fit_clip(images: torch.Tensor, width: int = 768, height: int = 512, resize: 
     geometry = plan_geometry(src_w, src_h, width, height, resize)
     timing = plan_frames(count, source_fps, target_fps, max_frames, frames_rule)
     tw, th = geometry.target
-    out = torch.empty(len(timing.indices), th, tw, 3)
+    n_out = len(timing.indices)
+    if source_fps == 0 and count > 1:
+        warn(f"source_fps is 0, so the clip's {count} frames are taken as already {target_fps:g} fps; a clip made "
+             f"at another rate plays faster or slower (a 10 fps clip {target_fps / 10:g}x as fast): set source_fps "
+             f"to its rate (Get Video Components gives it)")
+    nbytes = n_out * th * tw * 3 * 4
+    if max_frames == 0 and (nbytes > LARGE_OUTPUT_BYTES or n_out > LARGE_OUTPUT_FRAMES):
+        warn(f"Fit Clip makes {n_out} frames at {tw}x{th} ({nbytes / 2**30:.1f} GB as an IMAGE batch) because "
+             f"max_frames is 0 (no limit); set max_frames (e.g. 121 or 257) to keep fewer")
+    out = torch.empty(n_out, th, tw, 3)
     out_mask = torch.empty(len(timing.indices), th, tw) if mask is not None else None
     done: dict[int, int] = {}  # source index -> first output row holding it (repeated frames are copied)
     for start in range(0, len(timing.indices), chunk):
