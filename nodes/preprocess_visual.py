@@ -244,7 +244,7 @@ class AVCDWPose:
     DESCRIPTION = "DWPose skeletons (body, hands, face) of every frame, from the two DWPose ONNX files."
 
     def run(self, image, detector, estimator, detect_resolution, body, hands, face, device):
-        from ..avcontrol_core.preprocess.pose import dwpose_frames, load_dwpose
+        from ..avcontrol_core.preprocess.dwpose import dwpose_frames, load_dwpose
 
         _weights()
         model = load_dwpose(detector, estimator, host.resolve_model, _device(device))

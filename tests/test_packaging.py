@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.workflow_defs import pack_display_names, pack_node_classes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +83,44 @@ def test_core_library_never_imports_comfy():
             level = getattr(node, "level", 0)
             assert not any(m.split(".")[0] in ("comfy", "folder_paths", "server", "comfy_execution")
                            or (m.split(".")[0] == "nodes" and level != 1) for m in mods), (str(path), mods)
+
+
+def _import_graph(package: Path) -> dict[str, set[str]]:
+    """module -> modules of the same package it imports (top level or inside functions), by the source."""
+    files = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {name: set() for name in files}
+    for name, path in files.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here.split(".")[: len(here.split(".")) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                found = [module] + [f"{module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {m for m in found if m in files and m != name and files[m].name != "__init__.py"}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["avcontrol_core", "nodes"])
+def test_no_import_circles(package):
+    graph, state, circles = _import_graph(ROOT / package), {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                circles.append(path[path.index(other):] + [module, other])
+            elif other not in state:
+                visit(other, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert not circles, circles

@@ -83,7 +83,7 @@ def test_mediapipe_finds_the_astronaut(nodes, astronaut):
 
 def test_dwpose_onnx_pipeline_puts_every_keypoint_where_the_models_say(nodes, models_dir):
     pytest.importorskip("onnxruntime")
-    from avcontrol_core.preprocess.pose import load_dwpose
+    from avcontrol_core.preprocess.dwpose import load_dwpose
 
     resolve = lambda kind, name: models_dir / kind / name  # noqa: E731
     frame = np.full((FRAME, FRAME, 3), 90, np.uint8)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .pose import Person, _cv2
-from .weights import WeightSource, require_package
+from .frames import Step
+from .pose import Person, Resolver, _cv2, draw_people, render_frames
+from .weights import WeightSource, cached, require_file, require_package
 
 DWPOSE = "dwpose"
 ONNXRUNTIME = "onnxruntime"  # or onnxruntime-gpu for CUDA
@@ -215,3 +216,22 @@ class DWPose:
         boxes = detect_people(self.det, image, self.det_size)
         keypoints, scores = estimate_keypoints(self.pose, image, boxes)
         return to_openpose(keypoints, scores, image.shape[0], image.shape[1])
+
+
+def load_dwpose(detector: str, estimator: str, resolve: Resolver, device: torch.device | str = "cpu"):
+    """The DWPose pair from the ``dwpose`` folder (cached per file pair and onnxruntime provider)."""
+    det_path = require_file(DWPOSE, detector, SOURCES["det"].hint(), resolve=resolve)
+    pose_path = require_file(DWPOSE, estimator, SOURCES["pose"].hint(), resolve=resolve)
+    providers = providers_for(device)
+    return cached([det_path, pose_path], lambda: DWPose(det_path, pose_path, providers), "dwpose",
+                  tuple(providers))
+
+
+def dwpose_frames(model, images: torch.Tensor, detect_resolution: int = 512, body: bool = True,
+                  hands: bool = True, face: bool = True, step: Step | None = None) -> torch.Tensor:
+    """DWPose skeletons of every frame (see ``DWPose``)."""
+
+    def render(frame: np.ndarray) -> np.ndarray:
+        return draw_people(model.people(frame), frame.shape[0], frame.shape[1], body, hands, face)
+
+    return render_frames(images, render, detect_resolution, step)

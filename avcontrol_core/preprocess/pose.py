@@ -181,25 +181,7 @@ def render_frames(images: torch.Tensor, render: Callable[[np.ndarray], np.ndarra
 # --------------------------------------------------------------------------------------------
 
 
-def load_dwpose(detector: str, estimator: str, resolve: Resolver, device: torch.device | str = "cpu"):
-    """The DWPose pair from the ``dwpose`` folder (cached per file pair and onnxruntime provider)."""
-    from . import dwpose
-
-    det_path = require_file(dwpose.DWPOSE, detector, dwpose.SOURCES["det"].hint(), resolve=resolve)
-    pose_path = require_file(dwpose.DWPOSE, estimator, dwpose.SOURCES["pose"].hint(), resolve=resolve)
-    providers = dwpose.providers_for(device)
-    return cached([det_path, pose_path], lambda: dwpose.DWPose(det_path, pose_path, providers), "dwpose",
-                  tuple(providers))
-
-
-def dwpose_frames(model, images: torch.Tensor, detect_resolution: int = 512, body: bool = True,
-                  hands: bool = True, face: bool = True, step: Step | None = None) -> torch.Tensor:
-    """DWPose skeletons of every frame (see ``dwpose.DWPose``)."""
-
-    def render(frame: np.ndarray) -> np.ndarray:
-        return draw_people(model.people(frame), frame.shape[0], frame.shape[1], body, hands, face)
-
-    return render_frames(images, render, detect_resolution, step)
+# load_dwpose and dwpose_frames live in dwpose.py (which imports this module; never the other way round)
 
 
 # --------------------------------------------------------------------------------------------
