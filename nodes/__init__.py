@@ -39,7 +39,7 @@ _NODES = {
     "AVCDepthMap": (AVCDepthMap, "AVControl Depth Map (Depth Anything / MiDaS / ZoeDepth)"),
     "AVCDWPose": (AVCDWPose, "AVControl Pose: DWPose (ONNX)"),
     "AVCOpenpose": (AVCOpenpose, "AVControl Pose: OpenPose"),
-    "AVCMediaPipePose": (AVCMediaPipePose, "AVControl Pose: MediaPipe (CPU)"),
+    "AVCMediaPipePose": (AVCMediaPipePose, "AVControl Pose: MediaPipe (CPU; one person, or max_people by face)"),
     "AVCMaskFromBox": (AVCMaskFromBox, "AVControl Mask From Box"),
     "AVCMaskFromThreshold": (AVCMaskFromThreshold, "AVControl Mask From Threshold"),
     "AVCOutpaintPad": (AVCOutpaintPad, "AVControl Outpaint Pad (frames + mask)"),

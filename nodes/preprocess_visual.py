@@ -313,22 +313,31 @@ class AVCMediaPipePose:
                     "faster). Off: every frame is detected on its own (unrelated images)."}),
                 "min_confidence": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.95, "step": 0.05, "tooltip":
                     "Detection / tracking confidence and keypoint visibility needed to draw (0.05-0.95)."}),
-            }
+            },
+            # optional, so workflows saved before it keep loading (one person)
+            "optional": {
+                "max_people": ("INT", {"default": 1, "min": 1, "max": 32, "tooltip":
+                    "1: MediaPipe's pose model, which follows one person. Above 1: up to this many people per "
+                    "frame, each found by its face (MediaPipe's face detector, inside the wheel) and posed in the "
+                    "region below it; people facing away are missed (for crowds, DWPose finds bodies)."}),
+            },
         }
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("pose",)
-    OUTPUT_TOOLTIPS = ("OpenPose-style skeleton of the main person on black, the frames' size.",)
+    OUTPUT_TOOLTIPS = ("OpenPose-style skeletons on black (one person, or up to max_people), the frames' size.",)
     FUNCTION = "run"
     CATEGORY = CATEGORY
-    DESCRIPTION = "MediaPipe pose (CPU, no model files to fetch) drawn as an OpenPose skeleton; one person."
+    DESCRIPTION = ("MediaPipe pose (CPU, no model files to fetch) drawn as an OpenPose skeleton: one person, or "
+                   "up to max_people found by their faces. For crowds and people seen from behind, use DWPose.")
 
-    def run(self, image, detect_resolution, body, hands, face, tracking, min_confidence):
+    def run(self, image, detect_resolution, body, hands, face, tracking, min_confidence, max_people=1):
         from ..avcontrol_core.preprocess.pose import mediapipe_frames
 
         bar, step = _steps(image.shape[0], "mediapipe pose")
         with bar:
-            return (mediapipe_frames(image, detect_resolution, body, hands, face, tracking, min_confidence, step),)
+            return (mediapipe_frames(image, detect_resolution, body, hands, face, tracking, min_confidence, step,
+                                     max_people=max_people),)
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ def test_mediapipe_finds_the_astronaut(nodes, astronaut):
 
     people: list = []
     pose = mediapipe_frames(astronaut, 512, tracking=False, people=people)
-    person = people[0]
-    assert person is not None
+    assert len(people) == 1 and len(people[0]) == 1
+    person = people[0][0]
     # the photo shows her upper body: head, neck, both shoulders, eyes and ears are found; she faces the camera,
     # so her right shoulder (OpenPose 2) is on the image's left
     assert np.isfinite(person.body[[0, 1, 2, 5, 14, 15, 16, 17]]).all()
@@ -79,6 +79,37 @@ def test_mediapipe_finds_the_astronaut(nodes, astronaut):
     (video,) = nodes["AVCMediaPipePose"].run(astronaut.expand(3, -1, -1, -1), 256, True, True, True, True, 0.5)
     assert video.shape == (3, 512, 512, 3)
     assert all(float(f.sum()) > 100 for f in video)
+
+
+def test_mediapipe_finds_each_of_two_people_by_their_faces(nodes, astronaut):
+    """Two people side by side: the one-person pass draws one; max_people 2 finds both faces and a body below
+    each, at the place the one-person pass finds each alone (the oracle: each half of the frame on its own)."""
+    pytest.importorskip("mediapipe")
+    from avcontrol_core.preprocess.pose import mediapipe_frames
+
+    pair = torch.cat([astronaut, astronaut.flip(2)], dim=2)  # [1, 512, 1024, 3]
+    one: list = []
+    mediapipe_frames(pair, 512, tracking=False, people=one)
+    assert len(one[0]) == 1
+    two: list = []
+    pose = mediapipe_frames(pair, 512, tracking=False, people=two, max_people=2)
+    assert len(two[0]) == 2
+    alone = []
+    for half in (pair[:, :, :512], pair[:, :, 512:]):
+        found: list = []
+        mediapipe_frames(half, 512, tracking=False, people=found)
+        alone.append(found[0][0].body[0])  # the nose, in the half's fractions
+    noses = sorted((p.body[0] for p in two[0]), key=lambda n: n[0])
+    for k, (nose, single) in enumerate(zip(noses, alone)):
+        expected = np.array([(k + single[0]) / 2, single[1]])  # the half's fractions in the whole frame
+        assert np.abs(nose - expected).max() < 0.03, (k, nose, expected)
+    assert pose[0, :, :512].sum() > 0 and pose[0, :, 512:].sum() > 0  # a skeleton on each side
+    with pytest.raises(CoreInputError, match="max_people"):
+        mediapipe_frames(pair, 512, max_people=0)
+
+    (video,) = nodes["AVCMediaPipePose"].run(pair.expand(2, -1, -1, -1), 512, True, False, False, True, 0.5, 2)
+    assert video.shape == (2, 512, 1024, 3)
+    assert all(float(f[:, :512].sum()) > 100 and float(f[:, 512:].sum()) > 100 for f in video)
 
 
 def test_dwpose_onnx_pipeline_puts_every_keypoint_where_the_models_say(nodes, models_dir):

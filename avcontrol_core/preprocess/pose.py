@@ -274,29 +274,87 @@ def mediapipe_person(result, min_visibility: float = 0.5) -> Person | None:
     return Person(body, hands, face)
 
 
+def face_boxes(detector, frame: np.ndarray, limit: int) -> list[tuple[float, float, float, float]]:
+    """Up to `limit` faces (x, y, width, height as fractions of the frame), most confident first, from MediaPipe's
+    full-range face detector (it ships inside the wheel)."""
+    found = detector.process(frame).detections or []
+    found = sorted(found, key=lambda d: -d.score[0])[:limit]
+    return [(b.xmin, b.ymin, b.width, b.height) for b in (d.location_data.relative_bounding_box for d in found)]
+
+
+def person_crop(face: tuple[float, float, float, float], height: int, width: int) -> tuple[int, int, int, int]:
+    """The region a body below a face can fill (x0, y0, x1, y1 in pixels): 2.5 face widths either side of the
+    face's centre (arms out), half a face above it, eight faces below it; clipped to the frame."""
+    x, y, w, h = face
+    cx = x + w / 2
+    x0, x1 = max(0.0, cx - 2.5 * w), min(1.0, cx + 2.5 * w)
+    y0, y1 = max(0.0, y - 0.5 * h), min(1.0, y + 8.0 * h)
+    return int(x0 * width), int(y0 * height), max(int(x0 * width) + 1, int(round(x1 * width))), \
+        max(int(y0 * height) + 1, int(round(y1 * height)))
+
+
+def _uncrop(person: Person, box: tuple[int, int, int, int], height: int, width: int) -> Person:
+    """A Person found in a crop, in the whole frame's fractions."""
+    x0, y0, x1, y1 = box
+
+    def back(points: np.ndarray | None) -> np.ndarray | None:
+        if points is None:
+            return None
+        out = points.copy()
+        out[:, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
+        out[:, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
+        return out
+
+    return Person(back(person.body), [back(h) for h in person.hands], back(person.face))
+
+
 def mediapipe_frames(images: torch.Tensor, detect_resolution: int = 512, body: bool = True, hands: bool = False,
                      face: bool = False, tracking: bool = True, min_confidence: float = 0.5,
-                     step: Step | None = None, people: list | None = None) -> torch.Tensor:
-    """MediaPipe pose (holistic when hands or face are asked for) over every frame; one person per frame.
+                     step: Step | None = None, people: list | None = None, max_people: int = 1) -> torch.Tensor:
+    """MediaPipe pose (holistic when hands or face are asked for) over every frame.
 
-    ``tracking``: treat the batch as a video (MediaPipe follows the person from frame to frame: steadier and
-    faster); off, every frame is detected on its own. ``people``: a list that receives each frame's Person
-    (or None). Only ``model_complexity=1`` ships inside the wheel, so that is what runs (no downloads)."""
+    One person per frame with ``max_people`` 1 (MediaPipe's pose model follows one body). Above 1, MediaPipe's
+    full-range face detector finds up to ``max_people`` faces per frame and the pose model runs once on the
+    region below each face (``person_crop``); a frame where no face is seen (people facing away) falls back to
+    the one-person pass. ``tracking``: treat the batch as a video (MediaPipe follows the person from frame to
+    frame: steadier and faster; the one-person pass only); off, every frame is detected on its own. ``people``: a
+    list that receives each frame's list of Persons. Only ``model_complexity=1`` ships inside the wheel, so that is
+    what runs (no downloads)."""
     require(0.0 < min_confidence < 1.0, "min_confidence", "between 0 and 1", min_confidence)
+    require(isinstance(max_people, int) and 1 <= max_people <= 32, "max_people", "between 1 and 32", max_people)
     mp = require_package("mediapipe", MEDIAPIPE, "MediaPipe pose")
-    options = dict(static_image_mode=not tracking, model_complexity=1, min_detection_confidence=min_confidence,
-                   min_tracking_confidence=min_confidence)
-    if hands or face:
-        solution = mp.solutions.holistic.Holistic(refine_face_landmarks=False, **options)
-    else:
-        solution = mp.solutions.pose.Pose(enable_segmentation=False, **options)
 
-    def render(frame: np.ndarray) -> np.ndarray:
-        person = mediapipe_person(solution.process(frame), min_confidence)
-        if people is not None:
-            people.append(person)
-        found = [person] if person is not None else []
-        return draw_people(found, frame.shape[0], frame.shape[1], body, hands, face)
+    def make(static: bool):
+        options = dict(static_image_mode=static, model_complexity=1, min_detection_confidence=min_confidence,
+                       min_tracking_confidence=min_confidence)
+        if hands or face:
+            return mp.solutions.holistic.Holistic(refine_face_landmarks=False, **options)
+        return mp.solutions.pose.Pose(enable_segmentation=False, **options)
 
-    with solution:
+    with ExitStack() as stack:
+        whole = stack.enter_context(make(not tracking))
+        crops = stack.enter_context(make(True)) if max_people > 1 else None
+        faces = (stack.enter_context(mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence)) if max_people > 1 else None)
+
+        def find(frame: np.ndarray) -> list[Person]:
+            if faces is not None:
+                found = []
+                for box in (person_crop(f, *frame.shape[:2]) for f in face_boxes(faces, frame, max_people)):
+                    x0, y0, x1, y1 = box
+                    person = mediapipe_person(crops.process(np.ascontiguousarray(frame[y0:y1, x0:x1])),
+                                              min_confidence)
+                    if person is not None:
+                        found.append(_uncrop(person, box, *frame.shape[:2]))
+                if found:
+                    return found
+            person = mediapipe_person(whole.process(frame), min_confidence)
+            return [person] if person is not None else []
+
+        def render(frame: np.ndarray) -> np.ndarray:
+            found = find(frame)
+            if people is not None:
+                people.append(found)
+            return draw_people(found, frame.shape[0], frame.shape[1], body, hands, face)
+
         return render_frames(images, render, detect_resolution, step)
