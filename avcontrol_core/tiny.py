@@ -248,10 +248,11 @@ def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), s
     """Lay out tiny model files the way ComfyUI's models folder holds them; returns their paths.
 
     root/checkpoints/avcontrol-tiny-<version>.safetensors, root/text_encoders/avcontrol-tiny-gemma/ (an HF folder)
-    root/loras/avcontrol-tiny-ic-lora-ref0.5.safetensors (a control LoRA for the first version),
-    root/depth_models/avcontrol-tiny-depth-anything/ (a depth preprocessor) and
+    root/loras/avcontrol-tiny-ic-lora-ref0.5.safetensors (a control LoRA for the first version) and
     root/latent_upscale_models/avcontrol-tiny-spatial-upscaler-x2.safetensors (stage two's latent upsampler).
-    Files already present are kept (same seed gives the same bytes), so repeated calls are cheap.
+    Files already present are kept (same seed gives the same bytes), so repeated calls are cheap. Only what
+    requirements.txt installs is needed; the preprocessors' tiny files (write_tiny_depth_anything needs pillow and
+    torchvision) are written by the tests that use them.
     """
     from . import tiny_text
 
@@ -272,10 +273,6 @@ def write_tiny_models(root: str | Path, versions: tuple[str, ...] = ("ltx2",), s
     if not lora.exists():
         write_tiny_lora(lora, versions[0])
     paths["lora"] = lora
-    depth = root / "depth_models" / TINY_DEPTH_DIR
-    if not (depth / "config.json").exists():
-        write_tiny_depth_anything(depth)
-    paths["depth"] = depth
     upscaler = root / "latent_upscale_models" / TINY_UPSCALER
     if not upscaler.exists():
         write_tiny_upscaler(upscaler)

@@ -456,3 +456,34 @@ def test_runtime_vs_fused_step_time(tf, tiny_model, ctx, lora_path):
           + ", ".join(f"{n} {v * 1e3:.1f} ms" for n, v in best.items())
           + f"; runtime/fused {best['runtime'] / best['fused']:.2f}, fused/plain {best['fused'] / best['plain']:.2f}")
     assert all(0 < v < float("inf") for v in best.values())
+
+
+# --- the absolute oracle: W + strength * alpha / rank * B @ A, computed here by hand -------------------------------
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("fuse", [False, True], ids=["runtime", "fused"])
+def test_each_layout_applies_w_plus_strength_alpha_over_rank_b_a(tmp_path, tf, layout, fuse):
+    """Every Linear a LoRA names computes x @ (W + s * alpha/rank * B @ A)^T + bias, with the weight of the file
+    layout read; a flipped sign, a lost alpha or a swapped A / B turns this red (the runtime hook and the fusion
+    are checked each against the hand-computed layer, not against each other)."""
+    targets = ("transformer_blocks.0.attn1.to_q", "transformer_blocks.1.audio_to_video_attn.to_out.0", "patchify_proj")
+    tensors = lora_tensors(tf, targets, seed=3, b_gain=4.0)
+    alpha = 2.0 if LAYOUTS[layout]("x", "alpha") else None  # kohya files carry alpha; the others mean alpha = rank
+    scale = (alpha if alpha is not None else RANK) / RANK
+    strength = 0.7
+    lora = read_lora(write_lora(tmp_path / f"{layout}.safetensors", tensors, layout, alpha=alpha))
+    layers = dict(tf.named_modules())
+    x = {n: torch.randn(5, layers[n].in_features, generator=torch.Generator().manual_seed(7)) for n in targets}
+    expected = {}
+    for name, (a, b) in tensors.items():
+        w = layers[name].weight.detach().double() + strength * scale * (b.double() @ a.double())
+        bias = layers[name].bias.detach().double() if layers[name].bias is not None else 0.0
+        expected[name] = x[name].double() @ w.T + bias
+    with apply_loras(tf, LoraStack().add(lora, strength), fuse=fuse), torch.no_grad():
+        for name in targets:
+            got = layers[name](x[name]).double()
+            assert (got - expected[name]).abs().max() < 1e-5 * (1 + expected[name].abs().max()), (layout, name)
+    with torch.no_grad():  # and gone after the block
+        plain = layers[targets[0]](x[targets[0]]).double()
+    assert (plain - expected[targets[0]]).abs().max() > 1e-3

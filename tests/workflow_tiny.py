@@ -107,13 +107,16 @@ def write_inputs(api: dict, folder, size: tuple[int, int] = (96, 80), frames: in
 
 
 def write_preprocessor_models(root) -> None:
-    """Random / crafted preprocessor files under their real names (DWPose ONNX pair, OpenPose annotators) so the
-    example workflows' model choices resolve in the test models folder."""
+    """Random / crafted preprocessor files under their real names (Depth Anything, DWPose ONNX pair, OpenPose
+    annotators) so the example workflows' model choices resolve in the test models folder."""
     from pathlib import Path
 
+    from avcontrol_core.tiny import TINY_DEPTH_DIR, write_tiny_depth_anything
     from tests.preprocess_fixtures import write_dwpose, write_openpose
 
     root = Path(root)
+    if not (root / "depth_models" / TINY_DEPTH_DIR / "config.json").exists():
+        write_tiny_depth_anything(root / "depth_models" / TINY_DEPTH_DIR)
     if not (root / "dwpose" / "dw-ll_ucoco_384.onnx").exists():
         write_dwpose(root / "dwpose")
     if not (root / "annotators" / "body_pose_model.pth").exists():

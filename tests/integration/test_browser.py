@@ -78,10 +78,11 @@ class Page:
         )
 
     def wait_for_graph(self, ui: dict, timeout_ms: int = 20_000) -> None:
-        ids = sorted(str(n["id"]) for n in ui["nodes"])
+        """Until the page's graph holds exactly the nodes of `ui` (ids and types: two examples can share ids)."""
+        nodes = sorted(f"{n['id']}:{n['type']}" for n in ui["nodes"])
         self.page.wait_for_function(
-            "ids => JSON.stringify(window.app.graph.nodes.map(n => String(n.id)).sort()) === JSON.stringify(ids)",
-            arg=ids, timeout=timeout_ms)
+            "want => JSON.stringify(window.app.graph.nodes.map(n => `${n.id}:${n.type}`).sort()) === "
+            "JSON.stringify(want)", arg=nodes, timeout=timeout_ms)
 
     def open_pack_templates(self, tries: int = 3) -> None:
         """Workflow > Browse Templates, then the pack's entry in its side list (ComfyUI names it after the pack's
@@ -153,14 +154,21 @@ def test_each_ui_workflow_drops_in_with_no_missing_node(page, workflow):
     page.close_dialogs()  # a missing-models notice (the real checkpoints are not here) is not an error
 
 
-def test_every_template_opens_from_the_templates_browser_with_its_thumbnail(page):
+def test_every_template_opens_from_the_templates_browser_with_its_thumbnail(page, comfy):
     thumbs_before = len(page.responses)
     for workflow in UI_WORKFLOWS:
-        page.open_pack_templates()
-        card = page.page.locator(f"[data-testid='template-workflow-{workflow.stem}']")
-        card.wait_for(timeout=15_000)
-        card.click()
-        page.wait_for_graph(read_json(workflow))
+        for attempt in range(3):  # a click that lands while the dialog is still animating in is tried again
+            page.open_pack_templates()
+            card = page.page.locator(f"[data-testid='template-workflow-{workflow.stem}']")
+            card.wait_for(timeout=15_000)
+            card.click()
+            try:
+                page.wait_for_graph(read_json(workflow), timeout_ms=10_000)
+                break
+            except Exception:
+                if attempt == 2:
+                    page.page.screenshot(path=str(Path(comfy.work) / f"template-{workflow.stem}.png"))
+                    raise
         assert page.unregistered_nodes() == [], workflow.name
         page.close_dialogs()
     listed = page.page.evaluate("fetch('/api/workflow_templates').then(r => r.json())")[PACK_FOLDER]
