@@ -206,12 +206,12 @@ class AVCWhoIsTalkingControl(_ControlNode):
         return types
 
     def media(self, speaker_mask, fps, activity=None, **_):
-        import torch
-
         from ..avcontrol_core.control_media import gate_mask, mask_to_frames
+        from ..avcontrol_core.weight import Curve
 
         if activity is not None:
-            speaker_mask = gate_mask(speaker_mask, torch.as_tensor(activity["values"]), float(activity["rate"]), fps)
+            activity = Curve.of(activity)  # a curve, or the dict form older graphs passed
+            speaker_mask = gate_mask(speaker_mask, activity.values, activity.rate, fps)
         return mask_to_frames(speaker_mask)
 
 
@@ -262,9 +262,10 @@ class AVCAudioIntensityControl(_ControlNode):
 
     def media(self, envelope, **_):
         from ..avcontrol_core.control_media import render_intensity
+        from ..avcontrol_core.weight import Curve
 
-        seconds = len(envelope["values"]) / float(envelope["rate"])
-        return render_intensity(envelope["values"], float(envelope["rate"]), seconds)
+        envelope = Curve.of(envelope)  # a curve, or the dict form older graphs passed
+        return render_intensity(envelope.values, envelope.rate, envelope.seconds)
 
 
 class AVCLoraLoader:

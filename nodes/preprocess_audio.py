@@ -145,7 +145,7 @@ class AVCAudioEnvelope:
         wave, sr = _first_clip(audio)
         curve = intensity_envelope(wave, sr, scale, floor_db)
         lo, hi = {"normalized": (0.0, 1.0), "dB": (floor_db, 0.0)}.get(scale, (0.0, None))
-        return curve.as_dict(), curve_image([curve.values.numpy()], lo=lo, hi=hi)
+        return curve, curve_image([curve.values.numpy()], lo=lo, hi=hi)
 
 
 class AVCAudioOnsets:
@@ -178,7 +178,7 @@ class AVCAudioOnsets:
         wave, sr = _first_clip(audio)
         curve = onsets(wave, sr, threshold, min_gap)
         times = ", ".join(f"{t:.3f}" for t in curve.events)
-        return curve.as_dict(), times, curve_image([curve.values.numpy()], lo=0.0, hi=1.0, events=curve.events)
+        return curve, times, curve_image([curve.values.numpy()], lo=0.0, hi=1.0, events=curve.events)
 
 
 class AVCSpeechActivity:
@@ -220,7 +220,7 @@ class AVCSpeechActivity:
         finally:
             steps.close()
         preview = curve_image([act.probability.values.numpy(), act.active.values.numpy()], lo=0.0, hi=1.0)
-        return act.probability.as_dict(), act.active.as_dict(), format_segments(act.segments), preview
+        return act.probability, act.active, format_segments(act.segments), preview
 
 
 class AVCWhoIsTalking:
@@ -307,5 +307,5 @@ class AVCSelectSpeaker:
     def select(self, speakers, speaker, mask_fill):
         chosen = speakers.mask(speaker - 1, mask_fill)
         s = speakers.speakers[speaker - 1]
-        return chosen, s.activity.as_dict(), s.label
+        return chosen, s.activity, s.label
 

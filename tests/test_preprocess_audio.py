@@ -119,19 +119,19 @@ def test_envelope_is_the_rms_per_40_ms_computed_by_hand(nodes):
                         + [np.sqrt(320 * 0.04 / hop), 0.2, 0.2])
 
     (curve, preview) = nodes["AVCAudioEnvelope"].run(audio(x, sr=sr), "linear", -60.0)
-    assert curve["rate"] == 25.0 and curve["values"].shape == (53,)
-    np.testing.assert_allclose(curve["values"].numpy(), expected, atol=1e-6)
+    assert curve.rate == 25.0 and curve.values.shape == (53,)
+    np.testing.assert_allclose(curve.values.numpy(), expected, atol=1e-6)
     assert preview.shape == (1, 128, 512, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
 
-    db = nodes["AVCAudioEnvelope"].run(audio(x, sr=sr), "dB", -60.0)[0]["values"].numpy()
+    db = nodes["AVCAudioEnvelope"].run(audio(x, sr=sr), "dB", -60.0)[0].values.numpy()
     np.testing.assert_allclose(db[[0, 30, 40, 51]], [20 * np.log10(0.5), -20.0, -60.0, 20 * np.log10(0.2)], atol=1e-4)
-    norm = nodes["AVCAudioEnvelope"].run(audio(x, sr=sr), "normalized", -60.0)[0]["values"].numpy()
+    norm = nodes["AVCAudioEnvelope"].run(audio(x, sr=sr), "normalized", -60.0)[0].values.numpy()
     np.testing.assert_allclose(norm[[0, 30, 40]], [(20 * np.log10(0.5) + 60) / 60, 40 / 60, 0.0], atol=1e-4)
 
     # stereo at 44.1 kHz, one channel silent: the mono mix (channel mean) halves the RMS; 1764 samples a frame
     sr2 = 44100
     y = 0.4 * np.where(np.arange(sr2) % 2, -1.0, 1.0)
-    stereo = nodes["AVCAudioEnvelope"].run(audio(y, np.zeros_like(y), sr=sr2), "linear", -60.0)[0]["values"]
+    stereo = nodes["AVCAudioEnvelope"].run(audio(y, np.zeros_like(y), sr=sr2), "linear", -60.0)[0].values
     np.testing.assert_allclose(stereo.numpy(), np.full(25, 0.2), atol=1e-6)
 
 
@@ -147,9 +147,9 @@ def test_onsets_of_clicks_are_found_within_one_latent_frame(nodes):
     print("onset errors (s):", [round(f - t, 4) for f, t in zip(found, truth)])
     assert len(found) == len(truth)
     assert all(abs(f - t) <= 0.04 for f, t in zip(found, truth))
-    assert strength["events"] == pytest.approx(found, abs=1e-3)
-    values = strength["values"].numpy()
-    assert strength["rate"] == 25.0 and values.shape == (70,) and values.max() == pytest.approx(1.0)
+    assert list(strength.events) == pytest.approx(found, abs=1e-3)
+    values = strength.values.numpy()
+    assert strength.rate == 25.0 and values.shape == (70,) and values.max() == pytest.approx(1.0)
     click_frames = {int(np.floor(t * 25)) + d for t in truth for d in (-1, 0)}
     assert all(values[int(np.floor(t * 25)) - 1 : int(np.floor(t * 25)) + 1].max() > 0.5 for t in truth)
     quiet = [v for i, v in enumerate(values) if i not in click_frames and i - 1 not in click_frames]
@@ -180,9 +180,9 @@ def test_silero_vad_finds_espeak_speech_within_0_3_s(nodes, sentence):
     print(f"VAD in silence: truth {truth[0]:.3f}-{truth[1]:.3f}, found {text}; errors {start - truth[0]:+.3f} "
           f"{end - truth[1]:+.3f} s")
     assert abs(start - truth[0]) <= 0.3 and abs(end - truth[1]) <= 0.3
-    assert probability["rate"] == 25.0 and probability["values"].shape == (175,)
-    inside = segments["values"].numpy()[int(truth[0] * 25) + 8 : int(truth[1] * 25) - 8]
-    assert inside.min() == 1.0 and segments["values"][: int(truth[0] * 25) - 8].max() == 0.0
+    assert probability.rate == 25.0 and probability.values.shape == (175,)
+    inside = segments.values.numpy()[int(truth[0] * 25) + 8 : int(truth[1] * 25) - 8]
+    assert inside.min() == 1.0 and segments.values[: int(truth[0] * 25) - 8].max() == 0.0
     assert preview.shape == (1, 128, 512, 3)
 
     in_music = speech.speech_activity(torch.from_numpy(music)[None], sr)
@@ -358,8 +358,8 @@ def test_who_is_talking_without_video_splits_speech_by_the_given_segments(nodes,
     assert [s.label for s in speakers.speakers] == ["A", "B"] and "given segments" in info
     a_mask, a_curve, a_label = nodes["AVCSelectSpeaker"].select(speakers, 1, "activity")
     _, b_curve, _ = nodes["AVCSelectSpeaker"].select(speakers, 2, "activity")
-    a, b = a_curve["values"].numpy(), b_curve["values"].numpy()
-    assert a_label == "A" and a_mask.shape == (150, 1, 1) and a_curve["rate"] == 25.0
+    a, b = a_curve.values.numpy(), b_curve.values.numpy()
+    assert a_label == "A" and a_mask.shape == (150, 1, 1) and a_curve.rate == 25.0
     assert a[63:].max() == 0 and b[:62].max() == 0 and a[30:60].mean() > 0.5 and b[70:120].mean() > 0.5
     np.testing.assert_allclose(a + b, speakers.speech.values.numpy(), atol=1e-6)
     assert talking.shape == (150, 1, 1)

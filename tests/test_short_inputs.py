@@ -74,9 +74,9 @@ def test_envelope_and_onsets_work_from_one_sample(samples):
     expected = features.frame_count(samples, sr)
     assert expected == max(1, int(np.ceil(samples / sr * 25)))  # 25 frames a second, a started frame counts
     envelope = call("AVCAudioEnvelope", audio=sound)[0]
-    assert envelope["values"].shape == (expected,)
+    assert envelope.values.shape == (expected,)
     strength, times, _ = call("AVCAudioOnsets", audio=sound)
-    assert strength["values"].shape == (expected,)
+    assert strength.values.shape == (expected,)
     assert all(0.0 <= float(t) <= samples / sr + 0.05 for t in times.split(",") if t)
 
 

@@ -25,36 +25,17 @@ strength is the largest flux inside each 40 ms frame, divided by the clip's larg
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..weight import LATENT_RATE, Curve  # one curve type: a preprocessor's output is what a control takes
 
-LATENT_RATE = 25.0  # LTX-2 audio latents per second; every curve below is sampled at this rate
 ANALYSIS_RATE = 16000  # rate of the onset and speech analyses (LTX-2's audio VAE rate, silero-vad's rate)
 ONSET_WINDOW = 512  # 32 ms at 16 kHz
 ONSET_HOP = 160  # 10 ms at 16 kHz
 ENVELOPE_SCALES = ("normalized", "dB", "linear")
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A feature sampled at ``rate`` values per second (25 = LTX-2 audio latents), one value per frame."""
-
-    values: torch.Tensor  # float32 (T,)
-    rate: float = LATENT_RATE
-    label: str = ""
-    events: tuple[float, ...] = field(default=())  # times in seconds (onsets, segment bounds), when the curve has any
-
-    @property
-    def seconds(self) -> float:
-        return self.values.shape[0] / self.rate
-
-    def as_dict(self) -> dict:
-        """The AVC_CURVE form: {"values": tensor (T,), "rate": float, "label": str, "events": [seconds]}."""
-        return {"values": self.values, "rate": float(self.rate), "label": self.label, "events": list(self.events)}
 
 
 # --------------------------------------------------------------------------------------------- audio helpers
