@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_workflows import CORE, _CoreStandIn
+from tests.test_workflows import run_on_the_tiny_models
 from tests.workflow_defs import pack_node_classes, pack_node_defs
 from tests.workflow_format import read_json, ui_to_api
-from tests.workflow_run import run_api_workflow
-from tests.workflow_tiny import class_input_spec, tinify, write_inputs, write_preprocessor_models
 
 LEGACY = Path(__file__).parent / "legacy_workflows"
 API = sorted(LEGACY.glob("*_api.json"))
@@ -42,13 +40,5 @@ def test_a_legacy_ui_workflow_loads_with_its_saved_values(api_path):
 
 @pytest.mark.parametrize("api_path", API, ids=lambda p: p.stem)
 def test_a_legacy_api_workflow_runs(api_path, tiny_models, tmp_path, monkeypatch):
-    write_preprocessor_models(tiny_models["root"])
-    monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
-    monkeypatch.setenv("AVCONTROL_OUTPUT_DIR", str(tmp_path / "out"))
-    classes = {**pack_node_classes(), **CORE}
-    _CoreStandIn.folder = tmp_path
-    api = tinify(read_json(api_path), class_input_spec(classes))
-    write_inputs(api, tmp_path)
-    results = run_api_workflow(api, classes)
-    saved = [out[0] for nid, out in results.items() if api[nid]["class_type"] == "AVCSaveVideo"]
+    _, saved = run_on_the_tiny_models(api_path, tiny_models, tmp_path, monkeypatch)
     assert len(saved) == 1 and Path(saved[0]).stat().st_size > 0

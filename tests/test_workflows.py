@@ -115,8 +115,9 @@ def test_ui_and_api_twins_agree(api_path):
     assert check_pair(api_path) == []
 
 
-@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
-def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypatch):
+def run_on_the_tiny_models(api_path, tiny_models, tmp_path, monkeypatch) -> tuple[dict, list]:
+    """An API workflow shrunk to the tiny models and run in-process through the node classes: (the prompt that
+    ran, the paths its Save Video nodes wrote)."""
     from tests.workflow_defs import pack_node_classes
 
     write_preprocessor_models(tiny_models["root"])
@@ -127,7 +128,12 @@ def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypat
     api = tinify(read_json(api_path), class_input_spec(classes))
     write_inputs(api, tmp_path)
     results = run_api_workflow(api, classes)
-    saved = [out[0] for nid, out in results.items() if api[nid]["class_type"] == "AVCSaveVideo"]
+    return api, [out[0] for nid, out in results.items() if api[nid]["class_type"] == "AVCSaveVideo"]
+
+
+@pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_api_workflow_runs_in_process(api_path, tiny_models, tmp_path, monkeypatch):
+    api, saved = run_on_the_tiny_models(api_path, tiny_models, tmp_path, monkeypatch)
     assert len(saved) == 1
     latent = next(n["inputs"] for n in api.values() if n["class_type"] == "AVCEmptyLatent")
     info = probe_mp4(saved[0])
