@@ -319,6 +319,19 @@ class Progress:
         elif self._tqdm is not None:
             self._tqdm.update(n)
 
+    def update_absolute(self, done: int, total: int | None = None) -> None:
+        """Set the bar to ``done`` of ``total`` (a new total restarts the same bar: one bar per node, phases in
+        turn)."""
+        if total is not None:
+            self.total = int(total)
+        self.n = int(done)
+        if self._comfy is not None:
+            self._comfy.update_absolute(self.n, self.total)
+        elif self._tqdm is not None:
+            self._tqdm.total = self.total
+            self._tqdm.n = self.n
+            self._tqdm.refresh()
+
     def close(self) -> None:
         if self._tqdm is not None:
             self._tqdm.close()

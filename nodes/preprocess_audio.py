@@ -18,17 +18,19 @@ _BATCH_NOTE = " Curves are computed for the first clip of an AUDIO batch."
 
 
 class _Steps:
-    """progress(done, total) for avcontrol_core: honours Cancel and drives the host's progress bar."""
+    """progress(done, total) for avcontrol_core: honours Cancel and drives one labelled bar for the node, whatever
+    phases the work reports in turn."""
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
     def __call__(self, done: int, total: int) -> None:
         host.check_interrupted()
-        if self.bar is None or self.bar.total != total:
-            self.close()
+        if self.bar is None:
             self.bar = host.progress_bar(total, self.desc)
-        if done > self.bar.n:
+        if total != self.bar.total or done < self.bar.n:  # the next phase (or a longer one): the same bar again
+            self.bar.update_absolute(done, total)
+        elif done > self.bar.n:
             self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

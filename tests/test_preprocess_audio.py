@@ -494,3 +494,23 @@ def test_faces_keep_their_identity_across_shot_cuts_and_are_absent_where_unseen(
     found = speech.speakers_from_video(speech.Curve(torch.ones(30)), images, 25.0, 2)
     other_mask = found.mask(other, "box")
     assert float(other_mask[:20].amax(dim=(1, 2)).min()) == 1.0 and float(other_mask[20:].max()) == 0.0
+
+
+def test_demix_shows_one_labelled_bar_through_its_phases(nodes, monkeypatch):
+    """The fallback reports speech activity, then its masks (two totals in turn): one bar, labelled, that ends
+    full, instead of one unlabelled bar per phase."""
+    bars, reports = [], []
+    real = host.progress_bar
+
+    def recording(total, desc=None):
+        bar = real(total, desc)
+        bars.append(desc)
+        update_absolute = bar.update_absolute
+        bar.update_absolute = lambda done, total=None: reports.append((done, total)) or update_absolute(done, total)
+        return bar
+
+    monkeypatch.setattr(host, "progress_bar", recording)
+    clip = audio(np.random.default_rng(0).standard_normal(3 * 16000) * 0.1, sr=16000)
+    nodes["AVCAudioDemix"].demix(clip, "fallback (no weights)", "cpu", 0, 0.25)
+    assert bars == ["demixing"]
+    assert reports, "the phases did not restart the one bar"
