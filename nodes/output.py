@@ -40,9 +40,10 @@ class AVCDecode:
         from ..avcontrol_core.decode import decode_audio, decode_video, tiling
 
         tiles = tiling(tile_size, tile_overlap, tile_frames, min(24, tile_frames - 8)) if tiled else None
-        bar = host.progress_bar(2)
+        bar = host.progress_bar(2, "decoding video")
         images = decode_video(model, latent, tiles, check_interrupted=host.check_interrupted)
         bar.update(1)
+        host.show_text("decoding sound")
         audio = decode_audio(model, latent)
         bar.update(1)
         return (images, audio, latent.fps)

@@ -124,3 +124,14 @@ def test_no_import_circles(package):
         if module not in state:
             visit(module, [])
     assert not circles, circles
+
+
+def test_every_progress_bar_of_the_nodes_has_a_label():
+    """ComfyUI's bar has no label of its own: each bar the nodes open names its work (host.progress_bar's desc)."""
+    calls = []
+    for path in sorted((ROOT / "nodes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "progress_bar":
+                labelled = len(node.args) >= 2 or any(k.arg == "desc" for k in node.keywords)
+                calls.append((path.name, node.lineno, labelled))
+    assert len(calls) >= 4 and all(labelled for *_, labelled in calls), calls
