@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import AVModel
-from .errors import InputError
+from .inputs import check_images
 from .sampling import TextContext
 
 
@@ -20,13 +20,6 @@ class PromptPair:
     negative: TextContext | None
     positive_text: str = ""
     negative_text: str = ""
-
-
-def check_image(image: torch.Tensor, name: str = "image") -> None:
-    """IMAGE must be float [B, H, W, 3] in 0..1 with at least one image."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] != 3 or image.shape[0] < 1:
-        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise InputError(f"{name} must be an IMAGE batch [B, H, W, 3], got {got}")
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -43,7 +36,7 @@ def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 @torch.inference_mode()
 def encode_first_frame(model: AVModel, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """The first image of an IMAGE batch as a one-frame video latent (1, 128, 1, height/32, width/32)."""
-    check_image(image)
+    image = check_images(image)
     pixels = fit_image(image[0], width, height) * 2.0 - 1.0
     encoder = model.component("video_encoder")
     x = pixels[None, :, None].to(device=model.device, dtype=model.dtype)

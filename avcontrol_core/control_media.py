@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, require
+from .inputs import frames_at
 
 FILL = 0.5
 
@@ -41,11 +42,11 @@ def mask_to_frames(mask: torch.Tensor) -> torch.Tensor:
 
 
 def gate_mask(mask: torch.Tensor, activity: torch.Tensor, rate: float, fps: float) -> torch.Tensor:
-    """Multiply each mask frame by the activity curve (sampled at `rate` per second) at that frame's time."""
+    """Multiply each mask frame by the activity curve (sampled at `rate` per second) at that frame's time (its
+    latest sample not after it, inputs.frames_at)."""
     if mask.ndim == 2:
         mask = mask[None]
-    times = torch.arange(mask.shape[0]) / fps
-    idx = (times * rate).round().long().clamp(0, activity.numel() - 1)
+    idx = frames_at(mask.shape[0], rate, fps, activity.numel())  # the curve's sample at each frame's time
     return mask * activity.float().flatten()[idx][:, None, None].clamp(0, 1)
 
 

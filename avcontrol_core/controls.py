@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from ltx_core.types import AudioLatentShape
 
 from .backbone import AVModel
-from .conditioning import check_image, fit_image
+from .conditioning import fit_image
 from .errors import InputError, require
+from .inputs import check_audio, check_images, frames_at
 from .items import Keyframe, ReferenceAudio, ReferenceVideo, with_weight
 from .latents import AUDIO_LATENTS_PER_SECOND, AVLatent, audio_positions
 from .lora import LoraFile, LoraStack
@@ -130,7 +131,7 @@ class VideoControl(_CanvasControl):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_image(self.frames, f"{self.label}: frames")
+        object.__setattr__(self, "frames", check_images(self.frames, f"{self.label}: frames"))
         if self.source_fps is not None:
             require(self.source_fps > 0, f"{self.label}: source_fps", "a positive frame rate", self.source_fps)
 
@@ -167,7 +168,7 @@ class ImageControl(_CanvasControl):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_image(self.image, f"{self.label}: image")
+        object.__setattr__(self, "image", check_images(self.image, f"{self.label}: image"))
         require(isinstance(self.frame_index, int) and self.frame_index >= 0, f"{self.label}: frame_index",
                 "0 or more", self.frame_index)
 
@@ -196,8 +197,7 @@ class AudioControl(_Control):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.audio, dict) or "waveform" not in self.audio or "sample_rate" not in self.audio:
-            raise InputError(f"{self.label}: audio must be an AUDIO input, got {type(self.audio).__name__}")
+        check_audio(self.audio, f"{self.label}: audio")
         require(self.placement in AUDIO_PLACEMENTS, f"{self.label}: placement", f"one of {AUDIO_PLACEMENTS}",
                 self.placement)
         require(self.fit in FITS, f"{self.label}: fit", f"one of {FITS}", self.fit)
@@ -258,10 +258,7 @@ def encode_controls(plan: ControlPlan, model: AVModel, latent: AVLatent,
 
 def resample_frames(frames: torch.Tensor, count: int, source_fps: float | None, target_fps: float) -> torch.Tensor:
     """Pick frames by time (nearest earlier frame) so the clip spans `count` target frames."""
-    fps_in = source_fps or target_fps
-    times = torch.arange(count) / target_fps
-    idx = (times * fps_in + 1e-6).floor().long().clamp(max=frames.shape[0] - 1)
-    return frames[idx]
+    return frames[frames_at(count, source_fps or target_fps, target_fps, frames.shape[0])]
 
 
 @torch.inference_mode()
@@ -276,8 +273,8 @@ def encode_audio(model: AVModel, audio: dict, seconds: float | None) -> torch.Te
     from ltx_core.model.audio_vae.audio_vae import encode_audio as ltx_encode_audio
     from ltx_core.types import Audio
 
-    wave = torch.as_tensor(audio["waveform"]).float()[:1]
-    rate = int(audio["sample_rate"])
+    wave, rate = check_audio(audio, "reference audio")
+    wave = wave[:1]
     if wave.shape[1] == 1:
         wave = wave.expand(-1, 2, -1)
     if seconds is not None:

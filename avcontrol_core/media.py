@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, warn
+from .inputs import check_audio as _check_audio, check_images as _check_images, resample_audio
 
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 _LAYOUTS = {1: "mono", 2: "stereo"}
@@ -112,36 +113,23 @@ def fit_audio(audio: dict, seconds: float) -> dict:
 
 
 def check_images(images) -> torch.Tensor:
-    """Validate an IMAGE batch for H.264 yuv420p; return it as a CPU float tensor."""
-    images = torch.as_tensor(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected [frames, height, width, 3], got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images: expected a float tensor in 0..1, got {images.dtype}")
+    """Validate an IMAGE batch for H.264 yuv420p (inputs.check_images, then even sides); a CPU float tensor."""
+    images = _check_images(images, "images")
     frames, height, width, _ = images.shape
-    if frames < 1:
-        raise ValueError("images: expected at least 1 frame, got 0")
     if height % 2 or width % 2:
-        raise ValueError(
+        raise InputError(
             f"images: height and width must be even for H.264 (yuv420p), got height {height}, width {width}"
         )
     return images.detach().cpu()
 
 
 def check_audio(audio) -> tuple[np.ndarray, int]:
-    """Validate an AUDIO dict; return the first batch item as float32 [C, T] and the rate."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError("audio: expected a dict with 'waveform' and 'sample_rate'")
-    wave = torch.as_tensor(audio["waveform"])
-    if wave.ndim != 3 or wave.shape[0] < 1:
-        raise ValueError(f"audio: expected waveform [batch, channels, samples], got {tuple(wave.shape)}")
+    """Validate an AUDIO dict (inputs.check_audio, then 1 or 2 channels); the first clip as float32 [C, T] in -1..1
+    and the rate."""
+    wave, sr = _check_audio(audio, "audio")
     if wave.shape[1] not in _LAYOUTS:
-        raise ValueError(f"audio: expected 1 or 2 channels, got {wave.shape[1]}")
-    sr = int(audio["sample_rate"])
-    if sr <= 0:
-        raise ValueError(f"audio: expected sample_rate > 0, got {sr}")
-    data = wave[0].detach().float().cpu().clamp(-1, 1).numpy()
-    return np.ascontiguousarray(np.nan_to_num(data)), sr
+        raise InputError(f"audio: expected 1 or 2 channels, got {wave.shape[1]}")
+    return np.ascontiguousarray(wave[0].clamp(-1, 1).numpy()), sr
 
 
 def _aac_rate(sr: int) -> int:
@@ -150,16 +138,6 @@ def _aac_rate(sr: int) -> int:
         return sr
     higher = [r for r in AAC_RATES if r >= sr]
     return min(higher) if higher else max(AAC_RATES)
-
-
-def _resample(wave: np.ndarray, sr: int, rate: int) -> np.ndarray:
-    """Resample float32 [C, T] from sr to rate with av.AudioResampler."""
-    layout = _LAYOUTS[wave.shape[0]]
-    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=layout)
-    frame.sample_rate = sr
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-    parts = [f.to_ndarray() for f in resampler.resample(frame) + resampler.resample(None)]
-    return np.concatenate(parts, axis=-1) if parts else np.zeros((wave.shape[0], 0), np.float32)
 
 
 def _movie_timescale(rate: Fraction, sr: int | None) -> int:
@@ -180,7 +158,7 @@ def write_mp4(path, images, fps, audio: dict | None = None, crf: int = 19) -> Pa
     if audio is not None:
         wave, sr = check_audio(audio)
         if _aac_rate(sr) != sr:
-            wave, sr = _resample(wave, sr, _aac_rate(sr)), _aac_rate(sr)
+            wave, sr = resample_audio(torch.from_numpy(wave), sr, _aac_rate(sr)).numpy(), _aac_rate(sr)
         wave = fit_samples(wave, round(Fraction(frames) / rate * sr))
     path = Path(path)
     options = {"movie_timescale": str(_movie_timescale(rate, sr)), "movflags": "+faststart"}

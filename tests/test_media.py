@@ -188,9 +188,9 @@ def test_invalid_inputs_are_refused_before_writing(tmp_path):
     path = tmp_path / "bad.mp4"
     with pytest.raises(ValueError, match=r"images: .*width 63"):
         media.write_mp4(path, torch.rand(3, 48, 63, 3), 24)
-    with pytest.raises(ValueError, match=r"images: expected \[frames, height, width, 3\], got \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"images must be an IMAGE batch \[frames, height, width, 3\], got \(2, 3, 4\)"):
         media.write_mp4(path, torch.rand(2, 3, 4), 24)
-    with pytest.raises(ValueError, match="images: expected at least 1 frame"):
+    with pytest.raises(ValueError, match="images must hold at least one non-empty frame"):
         media.write_mp4(path, torch.rand(0, 48, 64, 3), 24)
     with pytest.raises(ValueError, match="fps"):
         media.write_mp4(path, torch.rand(1, 48, 64, 3), 0)

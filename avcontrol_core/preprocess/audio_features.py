@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..inputs import check_audio as audio_batch, resample_audio as resample  # noqa: F401 -- the one each
 from ..weight import LATENT_RATE, Curve  # one curve type: a preprocessor's output is what a control takes
 
 ANALYSIS_RATE = 16000  # rate of the onset and speech analyses (LTX-2's audio VAE rate, silero-vad's rate)
@@ -41,35 +42,9 @@ ENVELOPE_SCALES = ("normalized", "dB", "linear")
 # --------------------------------------------------------------------------------------------- audio helpers
 
 
-def audio_batch(audio, name: str = "audio") -> tuple[torch.Tensor, int]:
-    """Validate ComfyUI AUDIO ({"waveform": [B, C, T], "sample_rate"}); return float32 CPU [B, C, T] and the rate."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise InputError(f"{name} must be an AUDIO dict with 'waveform' and 'sample_rate', got {type(audio).__name__}")
-    wave = torch.as_tensor(audio["waveform"])
-    if wave.ndim == 2:
-        wave = wave[None]
-    if wave.ndim != 3 or wave.shape[0] < 1 or wave.shape[1] < 1:
-        raise InputError(f"{name} waveform must be [batch, channels, samples], got {tuple(wave.shape)}")
-    if wave.shape[-1] < 1:
-        raise InputError(f"{name} must hold at least one sample, got 0")
-    sr = int(audio["sample_rate"])
-    if sr < 1000:
-        raise InputError(f"{name} sample_rate must be at least 1000 Hz, got {sr}")
-    return torch.nan_to_num(wave.detach().float().cpu()), sr
-
-
 def mono(wave: torch.Tensor) -> torch.Tensor:
     """[..., C, T] -> [..., T]: the channel mean."""
     return wave.mean(dim=-2)
-
-
-def resample(wave: torch.Tensor, sr: int, target: int) -> torch.Tensor:
-    """Resample along the last axis from ``sr`` to ``target`` Hz (torchaudio windowed sinc); identity if equal."""
-    if int(sr) == int(target):
-        return wave
-    import torchaudio.functional as AF
-
-    return AF.resample(wave.contiguous(), int(sr), int(target))
 
 
 def frame_count(samples: int, sr: int, rate: float = LATENT_RATE) -> int:

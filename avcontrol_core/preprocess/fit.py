@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, require, warn
+from ..inputs import frames_at
 from .frames import Step, check_images, check_mask
 
 GRID = 32
@@ -135,7 +136,7 @@ def plan_frames(count: int, source_fps: float = 0.0, target_fps: float = 24.0, m
     indices = list(range(count))
     if source_fps > 0 and abs(source_fps - target_fps) > 1e-9:
         n_out = max(1, math.ceil(count * target_fps / source_fps - 1e-9))
-        indices = [min(count - 1, math.floor(k * source_fps / target_fps + 1e-9)) for k in range(n_out)]
+        indices = frames_at(n_out, source_fps, target_fps, count).tolist()
         seconds = count / source_fps
         words += f" at {source_fps:g} fps -> {n_out} at {target_fps:g} fps (resampled by time, {seconds:.2f} s)"
     steps = []

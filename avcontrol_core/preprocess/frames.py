@@ -11,31 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..inputs import check_images, check_mask  # noqa: F401 -- the one validator, re-exported
 
 Step = Callable[[], None]
-
-
-def check_images(images: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """``images`` as float [B, H, W, 3]; InputError for anything that is not an IMAGE batch."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise InputError(f"{name} must be an IMAGE batch [frames, height, width, 3], got {shape}")
-    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
-        raise InputError(f"{name} must hold at least one non-empty frame, got {tuple(images.shape)}")
-    if images.shape[-1] == 1:
-        images = images.expand(-1, -1, -1, 3)
-    elif images.shape[-1] == 4:
-        images = images[..., :3]
-    return images.float()
-
-
-def check_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
-    """``mask`` as float [B, H, W] (a single [H, W] mask becomes one frame)."""
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise InputError(f"{name} must be a MASK [frames, height, width], got {shape}")
-    return (mask[None] if mask.ndim == 2 else mask).float()
 
 
 def to_uint8(frame: torch.Tensor) -> np.ndarray:

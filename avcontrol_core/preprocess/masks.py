@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, require
+from ..control_media import fill_masked as blend_fill  # the one mask fill
 from .frames import check_images, check_mask
 
 CHANNELS = ("luminance", "red", "green", "blue", "max", "min")
@@ -189,6 +190,4 @@ def fill_masked(images: torch.Tensor, mask: torch.Tensor, fill: str = "grey") ->
                          f"{mask.shape[-1]}x{mask.shape[-2]}")
     if mask.shape[0] not in (1, images.shape[0]):
         raise InputError(f"mask must have 1 frame or as many as the image ({images.shape[0]}), got {mask.shape[0]}")
-    value = {"grey": 0.5, "black": 0.0, "white": 1.0}[fill]
-    m = mask[..., None].clamp(0, 1)
-    return images * (1.0 - m) + value * m
+    return blend_fill(images, mask, {"grey": 0.5, "black": 0.0, "white": 1.0}[fill])
