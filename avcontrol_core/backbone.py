@@ -8,7 +8,6 @@ explicit key comparison that names what is missing or unexpected, and placed on 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from . import kernels
 from .errors import InputError, warn
 from .fidelity import align_with_current_source
 from .dtypes import parse_dtype
-from .offload import BlockSwap, block_bytes, empty_cache, fixed_bytes, free_device_bytes
+from .offload import BlockSwap, block_bytes, fixed_bytes, free_device_bytes
 from .offload_plan import GIB, Plan, plan_block_swap
+from .residency import RESIDENCY, empty_cache
 
 
 # component -> (configurator, {checkpoint prefix: module prefix}, excluded checkpoint prefixes)
@@ -166,9 +166,9 @@ class AVModel:
     With an offload budget (`options.offload_budget_gb` > 0) the transformer lives in host memory and
     `transformer_for_run()` places it by a block-swap plan; VAEs and vocoder are loaded one at a time for their step
     (loading one parks the transformer and drops the others; placing the transformer drops them all).
-    `release_all()` gives back everything held on the device (the host's "free memory" calls it).
-    `on_device_request(nbytes)`, when set (by the node layer), runs before device memory is claimed, so the host
-    can unload its own models first."""
+    `release_all()` gives back everything held on the device (the host's "free memory" calls it, through the
+    residency). Before the transformer claims device memory the residency makes room (other models go home, the
+    host unloads its own)."""
 
     path: Path
     config: dict
@@ -176,7 +176,6 @@ class AVModel:
     device: torch.device
     dtype: torch.dtype
     options: ModelOptions = field(default_factory=ModelOptions)
-    on_device_request: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
     _cache: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
     _swap: BlockSwap | None = field(default=None, repr=False)
     attention_kernel: str = field(default="", repr=False)
@@ -224,9 +223,9 @@ class AVModel:
             return transformer
         self._drop(STEP_COMPONENTS)
         blocks, fixed = block_bytes(transformer), fixed_bytes(transformer)
-        if self.on_device_request is not None and self.device.type != "cpu":
-            held = self._swap.device_bytes() if self._swap is not None else 0
-            self.on_device_request(max(0, min(self.options.budget_bytes, fixed + sum(blocks) + activation_bytes) - held))
+        held = self._swap.device_bytes() if self._swap is not None else 0
+        RESIDENCY.make_room(min(self.options.budget_bytes, fixed + sum(blocks) + activation_bytes) - held,
+                            self.device, keep=self)
         free = free_device_bytes(self.device)
         if self._swap is not None:
             free += self._swap.device_bytes()

@@ -1,4 +1,4 @@
-"""GPU memory: block swap of the transformer, step-scoped placement of the other models, and out-of-memory handling.
+"""GPU memory: block swap of the transformer (the rest of residency, the cache and out-of-memory errors: residency.py).
 
 BlockSwap places a transformer by a Plan (offload_plan): fixed layers and resident blocks move to the device;
 each streamed block is packed once into a contiguous (pinned, on CUDA) span of a host buffer shared with its
@@ -20,22 +20,14 @@ LoRA) is copied from its current tensor, so block swap composes with `lora.apply
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import itertools
-import traceback
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from .offload_plan import GIB, Plan, activation_bytes, gb
+from .residency import Hint, empty_cache, tensor_bytes
 
 ALIGN = 256  # byte alignment of each tensor inside a packed block / slot
-
-
-def tensor_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def packed_bytes(module: torch.nn.Module) -> int:
@@ -59,12 +51,6 @@ def free_device_bytes(device: torch.device) -> int:
         return 1 << 62
     free, _ = torch.cuda.mem_get_info(device)
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-
-
-def empty_cache(device: torch.device | None = None) -> None:
-    gc.collect()
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.empty_cache()
 
 
 def _tensors(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
@@ -362,85 +348,27 @@ class BlockSwap:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Step-scoped models and out-of-memory handling
+# Out-of-memory hints and activation estimates
 # -----------------------------------------------------------------------------------------------------------------
 
 
-class OnDeviceForStep:
-    """Wraps a model that lives on the host and is moved to `device` only for `method` calls (e.g. the prompt
-    encoder's `encode`), then moved back and its device memory returned. `before(nbytes)` runs first (make room:
-    park the transformer, ask the host to free its models). Other attributes pass through."""
-
-    def __init__(self, inner, device: torch.device, method: str = "encode", home: str = "cpu",
-                 before: Callable[[int], None] | None = None, nbytes: int = 0):
-        self._inner, self._device, self._home, self._before, self._nbytes = inner, torch.device(device), home, before, nbytes
-        self._method = method
-
-    def __getattr__(self, name):
-        inner = self.__dict__["_inner"]
-        if name != self.__dict__["_method"]:
-            return getattr(inner, name)
-
-        def call(*args, **kwargs):
-            if self._before is not None:
-                self._before(self._nbytes)
-            try:
-                inner.to(self._device)
-                return getattr(inner, name)(*args, **kwargs)
-            finally:
-                self.release()
-
-        return call
-
-    def release(self) -> None:
-        self._inner.to(self._home)
-        empty_cache(self._device)
-
-
-class GPUMemoryError(RuntimeError):
-    """The device ran out of memory; the message names the settings to lower. What the model held was released."""
-
-
-OOM_ERRORS = tuple({torch.OutOfMemoryError, torch.cuda.OutOfMemoryError})
-
-
-@contextlib.contextmanager
-def oom_guard(model, what: str, hints: Callable[[], list[str]]) -> Iterator[None]:
-    """Turn an out-of-memory error inside the block into GPUMemoryError naming `hints()` (the settings to lower,
-    read when it happens), after `model.release_all()` (everything it held on the device given back).
-
-    The failed computation's frames are cleared first: the new error's context (the OOM) and its traceback would
-    otherwise keep their locals, the activations, alive for as long as anyone holds the error."""
-    failed = None
-    try:
-        yield
-    except OOM_ERRORS as err:
-        failed = str(err).splitlines()[0][:300]
-        traceback.clear_frames(err.__traceback__)  # frames still running (ours, the caller's) are left as they are
-    if failed is None:
-        return
-    lower = hints()
-    model.release_all()
-    raise GPUMemoryError(f"ran out of GPU memory while {what}: lower {'; or '.join(lower)}. Everything the model "
-                         f"held on the GPU was released, so the next run starts clean. ({failed})") from None
-
-
-def sampling_hints(options, latent, fuse_loras: bool, plan: Plan | None) -> list[str]:
+def sampling_hints(options, latent, fuse_loras: bool, plan: Plan | None) -> list[Hint]:
     """What to lower, most effective first, for an out-of-memory error while sampling."""
     hints = []
     if options.offload_budget_gb > 0:
         kept = f", {len(plan.resident)} blocks resident" if plan is not None else ""
-        hints.append(f"offload_budget_gb (now {options.offload_budget_gb:g}{kept}: a lower budget streams more blocks)")
+        hints.append(Hint("offload_budget_gb", f"{options.offload_budget_gb:g}{kept}",
+                          "a lower budget streams more blocks"))
     else:
-        hints.append("offload_budget_gb from 0 (everything resident) to your GPU's memory minus a few GB "
-                     "(block swap streams the rest from host memory)")
+        hints.append(Hint("offload_budget_gb", "0, everything resident",
+                          "your GPU's memory minus a few GB streams the other blocks from host memory"))
     if options.weights == "default":
-        hints.append("weights to fp8 (halves the blocks' memory)")
-    hints.append(f"the resolution ({latent.width}x{latent.height}) or frames ({latent.frames})")
+        hints.append(Hint("weights", "default", "fp8 halves the blocks' memory"))
+    hints.append(Hint("resolution or frames", f"{latent.width}x{latent.height}x{latent.frames}", "smaller"))
     if fuse_loras:
-        hints.append("lora_mode fuse to runtime (fuse holds a fused copy of each touched weight)")
+        hints.append(Hint("lora_mode", "fuse", "runtime; fuse holds a fused copy of each touched weight"))
     if options.compile:
-        hints.append("compile (off: the compiled kernels keep extra workspaces)")
+        hints.append(Hint("compile", "on", "off; the compiled kernels keep extra workspaces"))
     return hints
 
 
@@ -460,5 +388,5 @@ def run_activation_bytes(config: dict, latent, rows: int, dtype: torch.dtype, re
                             dense_mask=dense)
 
 
-__all__ = ["BlockSwap", "GPUMemoryError", "GIB", "OnDeviceForStep", "block_bytes", "fixed_bytes", "free_device_bytes",
-           "gb", "oom_guard", "run_activation_bytes", "sampling_hints", "tensor_bytes"]
+__all__ = ["BlockSwap", "GIB", "block_bytes", "fixed_bytes", "free_device_bytes", "gb", "run_activation_bytes",
+           "sampling_hints"]

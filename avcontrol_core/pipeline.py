@@ -14,7 +14,8 @@ from .errors import InputError
 from .guidance import Guidance
 from .latents import AVLatent
 from .lora import LoraStack
-from .offload import activation_bytes, oom_guard, sampling_hints
+from .offload import activation_bytes, sampling_hints
+from .residency import memory_guard
 from .patches import CrossModalWeightPatch, LoraPatch
 from .sampling import REFINING, SCHEDULES, sample, schedule
 
@@ -42,7 +43,7 @@ def run_sampler(
     extension (patches.CrossModalWeightPatch); off, a reference weight acts as in Lightricks' source.
 
     With an offload budget the transformer is placed by its block-swap plan first. Running out of GPU memory raises
-    offload.GPUMemoryError naming the settings to lower, after the model released what it held on the GPU."""
+    residency.GPUMemoryError naming the settings to lower, after the model released what it held on the GPU."""
     guidance = guidance or Guidance()
     if schedule_name not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule_name!r}")
@@ -59,7 +60,7 @@ def run_sampler(
                          f"{schedule_name!r}, which starts from pure noise and would discard stage one")
     plan = plan_controls(controls, latent, loras)
     size = f"sampling {latent.width}x{latent.height}x{latent.frames} with its audio"
-    with oom_guard(model, size, lambda: sampling_hints(model.options, latent, fuse_loras, model.plan)):
+    with memory_guard(size, lambda: sampling_hints(model.options, latent, fuse_loras, model.plan), model):
         return _denoise(model, prompts, latent, guidance, sigmas, seed, plan, fuse_loras, cross_modal_weight,
                         on_step, on_encode, check_interrupted)
 

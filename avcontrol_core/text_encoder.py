@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from .errors import InputError, warn
 from .conditioning import PromptPair
 from .gemma import GemmaEncoder, load_gemma
+from .residency import RESIDENCY, Hint
 from .sampling import TextContext
 
 MAX_PROMPT_TOKENS = 1024  # ltx-core's tokenizer length for the released models
@@ -231,6 +232,18 @@ class PromptEncoder:
         self._gemma: GemmaEncoder | None = gemma
         self._processor: EmbeddingsProcessor | None = processor
         self.max_length = max_length
+        self.visit: torch.device | None = None  # see visiting()
+
+    def visiting(self, device: torch.device | str) -> PromptEncoder:
+        """Wait in host memory and visit `device` only while encoding (with an offload budget: the residency makes
+        room first, and the memory goes back after each call)."""
+        self.visit = torch.device(device)
+        return self
+
+    def release(self) -> None:
+        """Give back the device memory a visiting encoder holds (none between calls); a resident one stays."""
+        if self.visit is not None and self._gemma is not None:
+            self.to("cpu")
 
     @classmethod
     def load(
@@ -273,6 +286,14 @@ class PromptEncoder:
             raise InputError(f"prompts must be a list of strings, got {type(prompts).__name__}")
         if not prompts:
             raise InputError("prompts must hold at least one prompt, got an empty list")
+        if self.visit is None:
+            return self._encode(prompts)
+        weights = torch.nn.ModuleList([self.gemma.model, self.processor])  # moved in place: the encoder's own modules
+        hint = Hint("text encoder device", self.visit.type, "cpu encodes without the GPU, slower")
+        with RESIDENCY.on_device(weights, self.visit, "encoding the prompt", hints=[hint]):
+            return self._encode(prompts)
+
+    def _encode(self, prompts: Sequence[str]) -> EncodedPrompt:
         gemma, processor = self.gemma, self.processor
         dtype = next(processor.parameters()).dtype
         rows, counts, cut = [], [], []

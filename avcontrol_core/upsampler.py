@@ -28,7 +28,7 @@ from ltx_core.model.video_vae.ops import PerChannelStatistics
 from . import checkpoint as ckpt
 from .errors import InputError, require
 from .latents import SCALE, VIDEO_CHANNELS, AVLatent, validate_size
-from .offload import empty_cache
+from .residency import RESIDENCY, Hint
 
 AUDIO_MODES = ("keep", "refine", "lightricks")
 STATISTICS_PREFIX = "vae.per_channel_statistics."
@@ -109,19 +109,19 @@ def upscale_latent(latent: AVLatent, upsampler: LatentUpsampler, statistics: Per
         raise InputError("latent is empty (all zeros): upscale the latent that the stage-one sampler returns")
     height, width = (upscaled_side(n, upsampler) for n in latent.video.shape[3:])
     validate_size(width * SCALE.width, height * SCALE.height, latent.frames, latent.fps)  # before any work
-    param = next(upsampler.parameters())
-    home, own = param.device, param.dtype  # read now: moving the module changes the Parameter's device in place
+    own = next(upsampler.parameters()).dtype
     device, dtype = torch.device(device), dtype or own
-    # a copy when the dtype changes (the loaded upsampler is shared between runs), else moved there and back
-    runner = copy.deepcopy(upsampler).to(device, dtype) if dtype != own else upsampler.to(device)
-    try:
+    # a copy when the dtype changes (the loaded upsampler is shared between runs), else the shared one; on the
+    # device for this call only, through the residency (room made first; out of memory names the stage-one size)
+    runner = copy.deepcopy(upsampler).to(dtype) if dtype != own else upsampler
+    size = f"{latent.width}x{latent.height}x{latent.frames}"
+    activations = latent.video.numel() * 4 * 4 * 2 * upsampler.mid_channels // VIDEO_CHANNELS
+    hint = Hint("stage-one resolution or frames", size, "smaller")
+    with RESIDENCY.on_device(runner, device, f"upscaling a {size} latent", activations, [hint]):
         x = statistics.un_normalize(latent.video.to(device, torch.float32))
         x = runner(x.to(dtype)).float()
         video = statistics.normalize(x).cpu()
-    finally:
-        upsampler.to(home)
-        del runner
-        empty_cache(device)
+    del runner, x
     b, _, f, h, w = video.shape
     keep = audio == "keep"
     return latent.replace(
@@ -132,17 +132,10 @@ def upscale_latent(latent: AVLatent, upsampler: LatentUpsampler, statistics: Per
 
 
 def upscale_for_model(model, latent: AVLatent, upsampler: LatentUpsampler, audio: str = "keep") -> AVLatent:
-    """upscale_latent on the model's device and in its dtype, after making room there (a budgeted transformer is
-    parked, the host asked to free what the upsampler and its activations need); running out of memory raises
-    GPUMemoryError naming what to lower, after the model released what it held."""
-    from .offload import oom_guard, tensor_bytes
-
+    """upscale_latent on the model's device and in its dtype, the model's transformer parked first (the residency
+    then makes room for the upsampler and its activations); running out of memory raises GPUMemoryError naming the
+    stage-one size, after the pack's models gave back what they held."""
     stats = video_statistics(model.path)
     if model.device.type != "cpu":
         model.park()
-        if model.on_device_request is not None:
-            activations = latent.video.numel() * 4 * 4 * 2 * upsampler.mid_channels // VIDEO_CHANNELS
-            model.on_device_request(tensor_bytes(upsampler) + activations)
-    hints = lambda: [f"the stage-one size ({latent.width}x{latent.height}) or frames ({latent.frames})"]  # noqa: E731
-    with oom_guard(model, f"upscaling a {latent.width}x{latent.height}x{latent.frames} latent", hints):
-        return upscale_latent(latent, upsampler, stats, audio=audio, device=model.device, dtype=model.dtype)
+    return upscale_latent(latent, upsampler, stats, audio=audio, device=model.device, dtype=model.dtype)

@@ -14,7 +14,8 @@ import torch
 from avcontrol_core import backbone, checkpoint as ckpt, fp8, kernels, latents, offload, sampling
 from avcontrol_core.fidelity import align_with_current_source
 from avcontrol_core.guidance import Guidance
-from avcontrol_core.offload import BlockSwap, GPUMemoryError
+from avcontrol_core.offload import BlockSwap
+from avcontrol_core.residency import GPUMemoryError
 from tests import test_offload as on_cpu
 from tests.test_sampling import rel
 
@@ -169,8 +170,8 @@ def test_real_cuda_oom_names_the_settings_and_returns_the_memory(checkpoint, ctx
     assert at_failure - before > 2 * LEAK_TOLERANCE  # the model really held memory on the card
     text = str(error)
     assert "ran out of GPU memory while sampling 64x64x17" in text and "Tried to allocate" in text
-    assert "weights to fp8" in text and "the resolution (64x64) or frames (17)" in text
-    assert ("offload_budget_gb (now" if budgeted else "offload_budget_gb from 0") in text
+    assert "weights (now default: fp8" in text and "resolution or frames (now 64x64x17" in text
+    assert ("offload_budget_gb (now" if budgeted else "offload_budget_gb (now 0, everything resident") in text
     del error  # the caller lets go of the error (see the next test for while it holds it)
     assert settle() - before <= LEAK_TOLERANCE
 
@@ -178,7 +179,7 @@ def test_real_cuda_oom_names_the_settings_and_returns_the_memory(checkpoint, ctx
 @pytest.mark.parametrize("budgeted", [True, False], ids=["budget", "resident"])
 def test_memory_is_back_while_the_caller_still_holds_the_error(checkpoint, ctx, budgeted):
     """A host keeps the error to show it: the failed run's frames (activations, the placed transformer) must not keep
-    their memory through it (oom_guard clears them; test_offload proves the mechanism on the CPU)."""
+    their memory through it (memory_guard clears them; test_offload proves the mechanism on the CPU)."""
     before = settle()
     error, _ = out_of_memory(checkpoint, ctx, budgeted, hold=64 * MIB)
     held = settle() - before

@@ -239,15 +239,16 @@ def test_depth_model_is_loaded_once_reloaded_when_changed_and_freed_with_comfyui
 
     clip = torch.rand(1, 64, 64, 3)
     name = "Depth-Anything-V2-Small-hf"
+    cache = importlib.import_module(f"{PACK_PACKAGE}.avcontrol_core.residency").RESIDENCY  # the nodes' one cache
     weights.clear()
-    loads = weights.CACHE.loads
+    loads = cache.loads
     nodes["AVCDepthMap"].run(clip, name, 64, "per clip", "cpu")
     nodes["AVCDepthMap"].run(clip, name, 64, "per clip", "cpu")
-    assert weights.CACHE.loads == loads + 1
+    assert cache.loads == loads + 1
     config = models_dir / "depth_models" / name / "config.json"
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
     nodes["AVCDepthMap"].run(clip, name, 64, "per clip", "cpu")
-    assert weights.CACHE.loads == loads + 2 and len(weights.CACHE) == 1  # the stale copy was dropped
+    assert cache.loads == loads + 2 and len(cache.held("preprocessor")) == 1  # the stale copy was dropped
 
     # ComfyUI needs the device memory for something else: the cached preprocessors go
     class FakeComfy:
@@ -261,10 +262,11 @@ def test_depth_model_is_loaded_once_reloaded_when_changed_and_freed_with_comfyui
 
     mm = FakeComfy()
     monkeypatch.setattr(host, "_model_management", lambda: mm)
+    host.install_core_host()  # what importing the pack does inside ComfyUI (comfy.model_management loaded by then)
     nodes["AVCDepthMap"].run(clip, name, 64, "per clip", "cpu")
-    assert len(weights.CACHE) == 1
+    assert len(cache.held("preprocessor")) == 1
     mm.free_memory(10 ** 12, torch.device("cuda"))
-    assert len(weights.CACHE) == 0
+    assert len(cache.held("preprocessor")) == 0
     assert core_depth.model_kind(name) == "depth_models"
 
 

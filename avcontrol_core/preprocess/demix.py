@@ -382,7 +382,7 @@ def demix_demucs(model, wave: torch.Tensor, sr: int, device=None, shifts: int = 
                 progress(done[0], max(total, done[0]))
 
     try:
-        with torch.inference_mode(), on_device(model, device):
+        with torch.inference_mode(), on_device(model, device, "demixing the audio"):
             out = apply_model(model, x[None], shifts=shifts, split=True, overlap=overlap, progress=False,
                               device=device, callback=callback)[0]
     finally:

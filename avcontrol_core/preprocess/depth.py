@@ -222,7 +222,7 @@ def estimate_depth(estimator: DepthEstimator, images: torch.Tensor, resolution: 
     device = torch.device(device)
     frames, height, width = images.shape[:3]
     maps = torch.empty(frames, height, width, dtype=torch.float32)
-    with on_device(estimator.module(), device):
+    with on_device(estimator.module(), device, "estimating depth"):
         for i in range(frames):
             raw = estimator.predict(to_uint8(images[i]), resolution, device)
             if not np.isfinite(raw).all():

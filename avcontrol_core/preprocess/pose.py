@@ -232,7 +232,7 @@ def openpose_frames(models: OpenposeModels, images: torch.Tensor, detect_resolut
 
     with ExitStack() as stack, torch.no_grad():
         for module in models.modules():
-            stack.enter_context(on_device(module, torch.device(device)))
+            stack.enter_context(on_device(module, torch.device(device), "estimating pose"))
         return render_frames(images, render, detect_resolution, step)
 
 

@@ -5,31 +5,27 @@
 - ``require_package(module, pip_name, purpose)``: the imported module, or a ``MissingPackageError`` with the pip
   command that fixes it. Preprocessors call it when they run, so heavy packages never load at import time.
 - ``cached(paths, build, *extra)``: one loaded copy per file (keyed by path, mtime and size, plus ``extra`` such as a
-  model type), kept across runs until ``clear()``; a file that changed on disk is loaded again.
-- ``clear()``: drop every cached model (the nodes call it when ComfyUI frees memory).
+  model type) in the pack's one model cache (``residency.RESIDENCY``); a file that changed on disk is loaded again.
+- ``clear()``: drop every cached preprocessor model (the residency's release does it when the host frees memory).
+- ``on_device(module, device)``: the residency's one way onto the device for a call.
 
 This module never imports ComfyUI: the nodes pass ``resolve`` (their host's model-folder lookup).
 """
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
-import sys
-import threading
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+from ..residency import RESIDENCY, file_key, tensor_bytes
 
 __all__ = [
     "MissingPackageError",
     "MissingWeightsError",
-    "ModelCache",
     "WeightSource",
-    "CACHE",
     "cached",
     "clear",
     "file_key",
@@ -146,91 +142,21 @@ def require_package(module: str, pip_name: str, purpose: str = "this preprocesso
 # --------------------------------------------------------------------------------------------
 
 
-def file_key(path: Path | str) -> tuple:
-    """(resolved path, mtime_ns, size) of a file; for a folder, the newest mtime and total size of its files."""
-    path = Path(path)
-    resolved = str(path.resolve())
-    if path.is_dir():
-        newest, total = path.stat().st_mtime_ns, 0
-        for dirpath, _, filenames in os.walk(path):
-            for f in filenames:
-                st = os.stat(os.path.join(dirpath, f))
-                newest, total = max(newest, st.st_mtime_ns), total + st.st_size
-        return (resolved, newest, total)
-    st = path.stat()
-    return (resolved, st.st_mtime_ns, st.st_size)
-
-
-class ModelCache:
-    """The last ``capacity`` loaded models, keyed by their files (path + mtime + size) and extra settings.
-
-    ``loads`` counts builds, so callers (and tests) can see a model was not loaded twice.
-    """
-
-    def __init__(self, capacity: int = 4):
-        self.capacity = int(capacity)
-        self.loads = 0
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.RLock()
-
-    def get(self, paths: Sequence[Path | str], build: Callable[[], Any], extra: tuple = ()) -> Any:
-        stamps = tuple(file_key(p) for p in paths)
-        key = (stamps, tuple(extra))
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            # the same files with other stamps are stale copies: drop them before loading again
-            names = tuple(s[0] for s in stamps)
-            for old in [k for k in self._items if tuple(s[0] for s in k[0]) == names and k[1] == key[1]]:
-                del self._items[old]
-            value = build()
-            self.loads += 1
-            self._items[key] = value
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-            return value
-
-    def clear(self) -> int:
-        with self._lock:
-            n = len(self._items)
-            self._items.clear()
-            return n
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-CACHE = ModelCache()
-
-
 def cached(paths: Sequence[Path | str], build: Callable[[], Any], *extra: Any) -> Any:
-    """The model built from ``paths`` (see ModelCache.get), from the shared cache."""
-    return CACHE.get(paths, build, extra)
+    """The model built from ``paths`` (plus ``extra`` settings), from the pack's one model cache
+    (``residency.RESIDENCY``, kind "preprocessor": the last few, host memory, dropped when the host frees memory)."""
+    return RESIDENCY.get("preprocessor", paths, build, *extra)
 
 
 def clear() -> int:
     """Drop every cached preprocessor model and return the memory; returns how many were dropped."""
-    n = CACHE.clear()
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return n
+    return RESIDENCY.clear("preprocessor")
 
 
-@contextmanager
-def on_device(module: Any, device: Any) -> Iterator[Any]:
-    """Move a cached torch module to ``device`` for one run and back to the CPU afterwards, so a cached
-    preprocessor never holds GPU memory between runs (the LTX-2 model needs it)."""
-    import torch
-
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cpu":
-        yield module
-        return
-    module.to(device)
-    try:
-        yield module
-    finally:
-        module.to("cpu")
+def on_device(module: Any, device: Any, what: str = "running a preprocessor model"):
+    """A cached torch module on ``device`` for one run, then home again (``RESIDENCY.on_device``: room is made
+    first, an out-of-memory error names the device setting), so a cached preprocessor never holds GPU memory
+    between runs (the LTX-2 model needs it)."""
+    # room for the weights and twice as much again for activations (a preprocessor's frames are small)
+    return RESIDENCY.on_device(module, "cpu" if device is None else device, what,
+                               extra_bytes=2 * tensor_bytes(module))
