@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 DEFAULT_PROMPT = "A red kite dances over a windy beach; waves crash and gulls call."
@@ -52,21 +51,10 @@ def _tiny_paths() -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> Path:
     args = _parser().parse_args(argv)
-    import torch
-    from tqdm.auto import tqdm
-
+    from . import api
     from .dtypes import auto_dtype
-    from .backbone import load_model
-    from .conditioning import encode_first_frame
-    from .decode import decode_audio, decode_video
-    from .guidance import Guidance, StreamGuidance
-    from .latents import condition_first_frame, empty_latent
-    from .media import unique_output_path, write_mp4
-    from .pipeline import run_sampler
-    from .sampling import step_count
-    from .text_encoder import encode_prompt_pair, load_prompt_encoder
 
-    empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
+    api.empty_latent(args.width, args.height, args.frames, args.fps)  # validates before any loading
     if args.checkpoint and not args.gemma:
         raise SystemExit("--gemma is required with --checkpoint")
     if args.distilled_lora and not args.upscaler:
@@ -80,66 +68,66 @@ def main(argv: list[str] | None = None) -> Path:
     tiny = None if args.checkpoint else _tiny_paths()
     stage_two = _load_stage_two(args, tiny) if args.upscaler else None  # the files checked before any sampling
     width, height = stage_two[2] if stage_two else (args.width, args.height)
-    latent = empty_latent(width, height, args.frames, args.fps)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    latent = api.empty_latent(width, height, args.frames, args.fps)
+    device = api.resolve_device(args.device or "auto")
     dtype = auto_dtype(device) if args.dtype == "auto" else args.dtype
     ckpt, gemma = (Path(args.checkpoint), Path(args.gemma)) if args.checkpoint else (tiny["checkpoint_ltx2"],
                                                                                      tiny["gemma"])
-    model = load_model(ckpt, device, dtype)
-    encoder = load_prompt_encoder(gemma, model.path, model.config, device, dtype)
-    prompts = encode_prompt_pair(encoder, args.prompt, args.negative)
+    model = api.load_model(ckpt, device, dtype)
+    encoder = api.load_text_encoder(gemma, model, device, dtype)
+    prompts = api.encode_prompts(encoder, args.prompt, args.negative)
+    api.unload(encoder)  # one run: Gemma's memory goes back before sampling
     del encoder
+    image = None
     if args.image:
-        from .media import load_image
-
-        image = load_image(args.image)
-        latent = condition_first_frame(latent, encode_first_frame(model, image, latent.width, latent.height), 1.0)
-    guidance = Guidance(StreamGuidance(cfg=args.cfg), StreamGuidance(cfg=args.audio_cfg))
-    with tqdm(total=step_count(args.schedule, args.steps), desc="sampling", file=sys.stderr) as bar:
-        out = run_sampler(model, prompts, latent, guidance, steps=args.steps, schedule_name=args.schedule,
-                          seed=args.seed, on_step=lambda done, total: bar.update(1))
+        image = api.load_image(args.image)
+        latent = api.condition_first_frame(latent, api.encode_first_frame(model, image, latent.width, latent.height),
+                                           1.0)
+    guidance = api.Guidance(api.StreamGuidance(cfg=args.cfg), api.StreamGuidance(cfg=args.audio_cfg))
+    out = _sample(model, prompts, latent, guidance, args.steps, args.schedule, args.seed, "sampling")
     if stage_two:
-        out = _stage_two(model, prompts, out, stage_two, args.seed, image if args.image else None)
+        out = _stage_two(model, prompts, out, stage_two, args.seed, image)
     model.release("transformer")
-    frames, audio = decode_video(model, out), decode_audio(model, out)
-    path = unique_output_path(args.out, args.prefix, ".mp4")
-    write_mp4(path, frames, args.fps, audio)
+    frames, audio = api.decode_video(model, out), api.decode_audio(model, out)
+    path = api.unique_output_path(args.out, args.prefix, ".mp4")
+    api.write_mp4(path, frames, args.fps, audio)
     print(path.resolve())
     return path
 
 
+def _sample(model, prompts, latent, guidance, steps: int, schedule: str, seed: int, desc: str, loras=None):
+    """api.sample with the host's progress bar (a tqdm bar here) and its cancel check."""
+    from . import api
+
+    host = api.current_host()
+    with host.progress(api.step_count(schedule, steps), desc) as bar:
+        return api.sample(model, prompts, latent, guidance, steps=steps, schedule_name=schedule, seed=seed,
+                          loras=loras, on_step=lambda done, total: bar.update(1),
+                          check_interrupted=host.check_interrupted)
+
+
 def _load_stage_two(args, tiny: dict | None):
     """(upsampler, distilled LoRA stack or None, stage one's (width, height)), read and checked before any sampling."""
-    from .errors import InputError
-    from .lora import LoraStack, read_lora
-    from .upsampler import load_upsampler, stage_one_size
+    from . import api
 
-    upsampler = load_upsampler(tiny["upscaler"] if args.upscaler == "tiny" else args.upscaler)
+    upsampler = api.load_upsampler(tiny["upscaler"] if args.upscaler == "tiny" else args.upscaler)
     try:
-        size = stage_one_size(args.width, args.height, upsampler)
-    except InputError as err:
+        size = api.stage_one_size(args.width, args.height, upsampler)
+    except api.InputError as err:
         raise SystemExit(f"--{err}") from None
-    loras = LoraStack().add(read_lora(args.distilled_lora), 1.0) if args.distilled_lora else None
+    loras = api.LoraStack().add(api.load_lora(args.distilled_lora), 1.0) if args.distilled_lora else None
     return upsampler, loras, size
 
 
 def _stage_two(model, prompts, latent, stage_two, seed: int, image):
     """Upscale stage one's latent (its sound kept) and refine it on the 3-step distilled_stage2 schedule."""
-    from tqdm.auto import tqdm
-
-    from .conditioning import encode_first_frame
-    from .latents import condition_first_frame
-    from .pipeline import run_sampler
-    from .sampling import step_count
-    from .upsampler import upscale_for_model
+    from . import api
 
     upsampler, loras, _ = stage_two
-    up = upscale_for_model(model, latent, upsampler)
+    up = api.upscale(model, latent, upsampler)
     if image is not None:
-        up = condition_first_frame(up, encode_first_frame(model, image, up.width, up.height), 1.0)
-    with tqdm(total=step_count("distilled_stage2", 3), desc="stage two", file=sys.stderr) as bar:
-        return run_sampler(model, prompts, up, None, steps=3, schedule_name="distilled_stage2", seed=seed,
-                           loras=loras, on_step=lambda done, total: bar.update(1))
+        up = api.condition_first_frame(up, api.encode_first_frame(model, image, up.width, up.height), 1.0)
+    return _sample(model, prompts, up, None, 3, "distilled_stage2", seed, "stage two", loras=loras)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,29 @@ NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {name: title for name, (_, title) in _NODES.items()}
 
 
-def _reporting_warnings(cls, title: str) -> None:
-    """The node's function shows the PackWarnings its work raised, on the node and as a toast (host.show_warning)."""
+# where a user changes each setting a GPUMemoryError hint names (residency.Hint.setting)
+SETTING_PLACES = {
+    "offload_budget_gb": "Load AVControl Model: offload_budget_gb",
+    "weights": "Load AVControl Model: weights",
+    "compile": "Load AVControl Model: compile",
+    "lora_mode": "AVControl Sampler: lora_mode",
+    "resolution or frames": "Empty Audio+Video Latent: width, height or frames",
+    "stage-one resolution or frames": "Empty Audio+Video Latent (stage one): width, height or frames",
+    "text encoder device": "Load AVControl Text Encoder: device",
+    "device": "this node's device",
+}
+
+
+def memory_message(title: str, err) -> str:
+    """A GPUMemoryError in the graph's words: the node, what it was doing, and where each setting to lower is."""
+    lower = "; or ".join(f"{SETTING_PLACES.get(h.setting, h.setting)} (now {h.value}; {h.change})" for h in err.hints)
+    return (f"{title} ran out of GPU memory while {err.what}. Lower {lower}. Everything the pack held on the GPU "
+            f"was released, so the next run starts clean. ({err.detail})")
+
+
+def _wrap(cls, title: str) -> None:
+    """The node's function shows the PackWarnings its work raised, on the node and as a toast (host.show_warning),
+    and words an out-of-memory error from the core with the graph's names (memory_message)."""
     function = getattr(cls, cls.FUNCTION)
     if getattr(function, "reports_warnings", False):
         return
@@ -61,11 +82,19 @@ def _reporting_warnings(cls, title: str) -> None:
     @functools.wraps(function)
     def run(self, *args, **kwargs):
         with host.reporting_warnings(title):
-            return function(self, *args, **kwargs)
+            try:
+                return function(self, *args, **kwargs)
+            except Exception as err:
+                from ..avcontrol_core.api import GPUMemoryError  # torch is loaded once anything ran
+
+                if not isinstance(err, GPUMemoryError):
+                    raise
+                raise GPUMemoryError(err.what, err.hints, err.detail, message=memory_message(title, err)) from None
 
     run.reports_warnings = True
     setattr(cls, cls.FUNCTION, run)
 
 
+host.install_core_host()
 for _name, (_cls, _title) in _NODES.items():
-    _reporting_warnings(_cls, _title)
+    _wrap(_cls, _title)

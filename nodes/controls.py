@@ -82,12 +82,10 @@ class _ControlNode:
 
     def add(self, lora_name, lora_strength, strength, attention, downscale="from LoRA", fit="resample",
             controls=None, attention_mask=None, attention_curve=None, source_fps=0.0, frame_index=0, **inputs):
-        from ..avcontrol_core import controls as core
-
-        from ..avcontrol_core.errors import require
+        from ..avcontrol_core import api
 
         for name, value in (("strength", strength), ("lora_strength", lora_strength)):  # NaN fails here, not later
-            require(isinstance(value, (int, float)) and math.isfinite(value), f"{self.LABEL}: {name}",
+            api.require(isinstance(value, (int, float)) and math.isfinite(value), f"{self.LABEL}: {name}",
                     "a finite number", value)
         kind = self.kind(**inputs)
         media = self.media(**inputs)
@@ -98,10 +96,10 @@ class _ControlNode:
         )
         canvas = dict(downscale=0 if downscale == "from LoRA" else int(downscale), fit=fit)
         make = {
-            "video": lambda: core.VideoControl(frames=media, source_fps=source_fps or None, **canvas, **common),
-            "image": lambda: core.ImageControl(image=media, frame_index=frame_index, **canvas, **common),
-            "audio": lambda: core.AudioControl(audio=media, placement=self.PLACEMENT, fit=fit, **common),
-            "lora": lambda: core.LoraControl(**common),
+            "video": lambda: api.VideoControl(frames=media, source_fps=source_fps or None, **canvas, **common),
+            "image": lambda: api.ImageControl(image=media, frame_index=frame_index, **canvas, **common),
+            "audio": lambda: api.AudioControl(audio=media, placement=self.PLACEMENT, fit=fit, **common),
+            "lora": lambda: api.LoraControl(**common),
         }
         return ((*(controls or ()), make[kind]()),)
 
@@ -111,8 +109,7 @@ def _weight(label, attention, mask, curve):
     warning."""
     import torch
 
-    from ..avcontrol_core.errors import require, warn
-    from ..avcontrol_core.weight import Curve, Weight
+    from ..avcontrol_core.api import Curve, Weight, require, warn
 
     require(isinstance(attention, (int, float)) and math.isfinite(attention), f"{label}: attention",
             "a number between 0 and 1", attention)
@@ -172,9 +169,9 @@ class _MaskedVideo(_ControlNode):
                                   "all frames or one per frame."})}
 
     def media(self, frames, mask, **_):
-        from ..avcontrol_core.control_media import fill_masked
+        from ..avcontrol_core.api import fill_region
 
-        return fill_masked(frames, mask)
+        return fill_region(frames, mask)
 
 
 AVCInpaintControl = _preset("AVCInpaintControl", "inpaint", "Regenerate the masked region of a clip.",
@@ -206,8 +203,7 @@ class AVCWhoIsTalkingControl(_ControlNode):
         return types
 
     def media(self, speaker_mask, fps, activity=None, **_):
-        from ..avcontrol_core.control_media import gate_mask, mask_to_frames
-        from ..avcontrol_core.weight import Curve
+        from ..avcontrol_core.api import Curve, gate_mask, mask_to_frames
 
         if activity is not None:
             activity = Curve.of(activity)  # a curve, or the dict form older graphs passed
@@ -261,8 +257,7 @@ class AVCAudioIntensityControl(_ControlNode):
              "values/s); trimmed or padded to the clip when fit is 'resample'.")
 
     def media(self, envelope, **_):
-        from ..avcontrol_core.control_media import render_intensity
-        from ..avcontrol_core.weight import Curve
+        from ..avcontrol_core.api import Curve, render_intensity
 
         envelope = Curve.of(envelope)  # a curve, or the dict form older graphs passed
         return render_intensity(envelope.values, envelope.rate, envelope.seconds)
@@ -290,7 +285,7 @@ class AVCLoraLoader:
     DESCRIPTION = __doc__
 
     def add(self, lora_name, strength, loras=None):
-        from ..avcontrol_core.lora import LoraStack
+        from ..avcontrol_core.api import LoraStack
 
         return ((loras or LoraStack()).add(cached_lora(host.resolve_model("loras", lora_name)), strength),)
 

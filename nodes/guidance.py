@@ -51,7 +51,7 @@ class AVCGuidance:
     DESCRIPTION = "Guidance per stream. Passes whose scales make them a no-op are skipped."
 
     def build(self, stg_blocks, **scales):
-        from ..avcontrol_core.guidance import Guidance, StreamGuidance, parse_blocks
+        from ..avcontrol_core.api import Guidance, StreamGuidance, parse_blocks
 
         blocks = parse_blocks(stg_blocks)
 

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = [
+    "ComfyHost",
     "MODEL_FOLDERS",
     "MODEL_EXTENSIONS",
     "ModelFolder",
     "Progress",
     "check_interrupted",
     "free_host_memory",
+    "install_core_host",
     "is_hosted",
     "on_host_free",
     "list_models",
@@ -384,7 +386,7 @@ def show_warning(title: str, message: str) -> None:
 @contextmanager
 def reporting_warnings(title: str):
     """Run a node's work, then show every PackWarning it raised (show_warning); other warnings pass on as usual."""
-    from ..avcontrol_core.errors import PackWarning
+    from ..avcontrol_core.api import PackWarning
 
     caught: list = []
     try:
@@ -485,3 +487,33 @@ def on_host_free(callback) -> None:
     free_memory._avcontrol_wrapped = True
     free_memory.__wrapped__ = original
     mm.free_memory = free_memory
+
+
+class ComfyHost:
+    """avcontrol_core.hosting.Host for ComfyUI: its progress bar and Cancel, its model folders and output folder,
+    and make_room asking it to unload its own models. Unhosted (CI, scripts) each falls back as described above."""
+
+    def progress(self, total: int, desc: str) -> Progress:
+        return Progress(total, desc=desc)
+
+    def check_interrupted(self) -> None:
+        check_interrupted()
+
+    def make_room(self, nbytes: int | None, device) -> None:
+        free_host_memory(nbytes, device)
+
+    def resolve_model(self, kind: str, name: str) -> Path:
+        return resolve_model(kind, name)
+
+    def output_directory(self) -> Path:
+        return output_directory()
+
+
+def install_core_host() -> None:
+    """Make ComfyHost the core's host, and ComfyUI's "free memory" release the core's models (api.release: the
+    residency's one release). Light: imports neither torch nor the core's models."""
+    from ..avcontrol_core import api
+
+    if not isinstance(api.current_host(), ComfyHost):
+        api.install_host(ComfyHost())
+    on_host_free(api.release)

@@ -34,7 +34,7 @@ class AVCEmptyLatent:
     DESCRIPTION = "Empty joint audio+video latent (video 32x/8x compressed, audio 25 latents per second)."
 
     def create(self, width, height, frames, fps):
-        from ..avcontrol_core.latents import empty_latent
+        from ..avcontrol_core.api import empty_latent
 
         return (empty_latent(width, height, frames, fps),)
 
@@ -64,8 +64,7 @@ class AVCImageToVideo:
     DESCRIPTION = "Image-to-video: put an image at frame 0 of the latent."
 
     def apply(self, model, latent, image, strength):
-        from ..avcontrol_core.conditioning import encode_first_frame
-        from ..avcontrol_core.latents import condition_first_frame
+        from ..avcontrol_core.api import condition_first_frame, encode_first_frame
 
         encoded = encode_first_frame(model, image, latent.width, latent.height)
         return (condition_first_frame(latent, encoded, strength),)
@@ -103,6 +102,6 @@ class AVCLatentUpscale:
                    "noise; controls and image-to-video are re-applied at the new size.")
 
     def upscale(self, model, upscaler, latent, audio):
-        from ..avcontrol_core.upsampler import upscale_for_model
+        from ..avcontrol_core.api import upscale
 
-        return (upscale_for_model(model, latent, upscaler, audio),)
+        return (upscale(model, latent, upscaler, audio),)

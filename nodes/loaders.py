@@ -3,7 +3,6 @@ folders."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 from . import host
@@ -15,71 +14,18 @@ WEIGHT_CHOICES = list(WEIGHT_VALUES)
 ATTENTION_CHOICES = ["auto", "sdpa", "xformers", "flash_attention_3"]  # avcontrol_core.kernels.ATTENTION
 
 
-class _LRU:
-    """The last few loaded objects, so re-queuing a graph does not reload weights from disk. An evicted model gives
-    back its device memory at once (ComfyUI may still hold the object in its output cache)."""
-
-    def __init__(self, size: int):
-        self.size, self.items = size, OrderedDict()
-
-    def get(self, key: tuple, build):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = build()
-        self.items[key] = value
-        while len(self.items) > self.size:
-            _release(self.items.popitem(last=False)[1])
-        return value
-
-
-def _release(value) -> None:
-    """Give back the device memory an AVModel or a step-scoped text encoder holds (they stay usable)."""
-    for method in ("release_all", "release"):
-        if callable(getattr(type(value), method, None)):
-            getattr(value, method)()
-            return
-
-
-def release_cached_models() -> None:
-    """What ComfyUI's "free memory" (POST /free, Unload Models, its own loads running short) calls, through
-    host.on_host_free: every cached model gives back its device memory. The models stay cached and usable: a budgeted
-    transformer waits in host memory, a resident one is rebuilt from its file on next use."""
-    for value in list(_models.items.values()):
-        _release(value)
-
-
-_models = _LRU(2)  # an LTX-2 model and its text encoder are tens of GB: keep only the current pair
-_loras = _LRU(16)  # LoRAs are small
-_upscalers = _LRU(2)  # about 1 GB each (bf16), held in host memory
-
-
-def clear_cache() -> None:
-    _models.items.clear()
-    _loras.items.clear()
-    _upscalers.items.clear()
-
-
-def _file_key(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
 def cached_lora(path: Path):
-    """A LoRA file read once per (path, mtime) and shared by every node that names it."""
-    from ..avcontrol_core.lora import read_lora
+    """A LoRA file read once per (path, mtime) and shared by every node that names it (the core's one cache)."""
+    from ..avcontrol_core.api import load_lora
 
-    return _loras.get(_file_key(path), lambda: read_lora(path))
+    return load_lora(path)
 
 
 def resolve_device(name: str):
-    import torch
+    """The node's device choice: "auto" is ComfyUI's device; "cuda" without one is refused, naming the input."""
+    from ..avcontrol_core.api import resolve_device as core_device
 
-    if name == "auto":
-        return host.torch_device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device must be 'auto' or 'cpu' on this machine (no CUDA device), got 'cuda'")
-    return torch.device(name)
+    return host.torch_device() if name == "auto" else core_device(name)
 
 
 class AVCModelLoader:
@@ -146,22 +92,11 @@ class AVCModelLoader:
 
     def load(self, ckpt_name, dtype, device, weights="default", offload_budget_gb=0.0, compile=False,
              attention="auto"):
-        from ..avcontrol_core.backbone import ModelOptions, load_model
+        from ..avcontrol_core.api import ModelOptions, load_model
 
         options = ModelOptions(weights=WEIGHT_VALUES.get(weights, weights),
                                offload_budget_gb=float(offload_budget_gb), compile=bool(compile), attention=attention)
-        path = host.resolve_model("checkpoints", ckpt_name)
-        dev = resolve_device(device)
-        host.on_host_free(release_cached_models)
-        if not options.offloads():  # with a budget the model loads into host memory; room is made when it runs
-            host.free_host_memory(path.stat().st_size, dev)
-
-        def build():
-            model = load_model(path, dev, dtype, options)
-            model.on_device_request = lambda nbytes: host.free_host_memory(nbytes, dev)
-            return model
-
-        return (_models.get(("model", _file_key(path), dtype, str(dev), options), build),)
+        return (load_model(host.resolve_model("checkpoints", ckpt_name), resolve_device(device), dtype, options),)
 
 
 class AVCTextEncoderLoader:
@@ -192,31 +127,10 @@ class AVCTextEncoderLoader:
     DESCRIPTION = "Load the Gemma 3 text encoder for LTX-2 prompts."
 
     def load(self, model, text_encoder, dtype, device):
-        from ..avcontrol_core.text_encoder import load_prompt_encoder
+        from ..avcontrol_core.api import load_text_encoder
 
-        path = host.resolve_model("text_encoders", text_encoder)
-        dev = resolve_device(device)
-        step_scoped = model.options.offloads() and dev.type != "cpu"
-        key = ("text", str(path.resolve()), _file_key(Path(model.path)), dtype, str(dev), step_scoped)
-        if not step_scoped:
-            return (_models.get(key, lambda: load_prompt_encoder(path, model.path, model.config, dev, dtype)),)
-        return (_models.get(key, lambda: _step_scoped_encoder(model, path, dev, dtype)),)
-
-
-def _step_scoped_encoder(model, path: Path, dev, dtype):
-    """With an offload budget: Gemma waits in host memory and visits the GPU only while encoding, after the
-    transformer was parked and ComfyUI asked to make room."""
-    from ..avcontrol_core.offload import OnDeviceForStep, tensor_bytes
-    from ..avcontrol_core.text_encoder import load_prompt_encoder
-
-    encoder = load_prompt_encoder(path, model.path, model.config, "cpu", dtype)
-    nbytes = tensor_bytes(encoder.gemma.model) + tensor_bytes(encoder.processor)
-
-    def make_room(n: int) -> None:
-        model.park()
-        host.free_host_memory(n, dev)
-
-    return OnDeviceForStep(encoder, dev, "encode", before=make_room, nbytes=nbytes)
+        return (load_text_encoder(host.resolve_model("text_encoders", text_encoder), model, resolve_device(device),
+                                  dtype),)
 
 
 class AVCLatentUpscalerLoader:
@@ -241,7 +155,6 @@ class AVCLatentUpscalerLoader:
     DESCRIPTION = "Load LTX-2's spatial latent upsampler (stage two of two-stage inference)."
 
     def load(self, upscaler_name):
-        from ..avcontrol_core.upsampler import load_upsampler
+        from ..avcontrol_core.api import load_upsampler
 
-        path = host.resolve_model("latent_upscale_models", upscaler_name)
-        return (_upscalers.get(("upscaler", _file_key(path)), lambda: load_upsampler(path)),)
+        return (load_upsampler(host.resolve_model("latent_upscale_models", upscaler_name)),)

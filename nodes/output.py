@@ -37,7 +37,7 @@ class AVCDecode:
                    "clip's frame rate.")
 
     def decode(self, model, latent, tiled, tile_size, tile_overlap, tile_frames):
-        from ..avcontrol_core.decode import decode_audio, decode_video, tiling
+        from ..avcontrol_core.api import decode_audio, decode_video, tiling
 
         tiles = tiling(tile_size, tile_overlap, tile_frames, min(24, tile_frames - 8)) if tiled else None
         bar = host.progress_bar(2, "decoding video")
@@ -80,18 +80,18 @@ class AVCSaveVideo:
     def VALIDATE_INPUTS(cls, filename_prefix=None):
         """ComfyUI calls this when the prompt is queued: a bad prefix fails before anything runs, not after
         sampling (a linked prefix is checked when the node runs)."""
-        from ..avcontrol_core.media import output_prefix_problem
+        from ..avcontrol_core.api import output_prefix_problem
 
         if filename_prefix is None:
             return True
         return output_prefix_problem(filename_prefix, host.output_directory()) or True
 
     def save(self, images, fps, filename_prefix, audio=None):
-        from ..avcontrol_core.media import check_audio, check_images, unique_output_path, write_mp4
+        from ..avcontrol_core.api import check_audio_output, check_video_output, unique_output_path, write_mp4
 
-        check_images(images)
+        check_video_output(images)
         if audio is not None:
-            check_audio(audio)
+            check_audio_output(audio)
         root = host.output_directory()
         path = unique_output_path(root, filename_prefix, ".mp4")
         try:

@@ -3,7 +3,7 @@ who is talking. AUDIO in; AUDIO stems out at the input's rate; curves (AVC_CURVE
 audio latent rate; MASK frames at the video's frame rate.
 
 Heavy imports (demucs, silero-vad, MediaPipe, scipy) happen only when a node runs; demucs models are loaded once and
-kept on the CPU in the preprocessors' shared cache until ComfyUI frees memory (host.on_host_free -> weights.clear).
+kept on the CPU in the core's one model cache until ComfyUI frees memory (the residency's release).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class _Steps:
 
 
 def _first_clip(audio):
-    from ..avcontrol_core.preprocess.audio_features import audio_batch
+    from ..avcontrol_core.api import check_audio
 
-    wave, sr = audio_batch(audio)
+    wave, sr = check_audio(audio)
     return wave[0], sr
 
 
@@ -85,34 +85,28 @@ class AVCAudioDemix:
     def demix(self, audio, model, device, shifts, overlap):
         import torch
 
-        from ..avcontrol_core.preprocess import demix as dm
-        from ..avcontrol_core.preprocess.audio_features import audio_batch
+        from ..avcontrol_core import api
         from .loaders import resolve_device
 
-        wave, sr = audio_batch(audio)
+        wave, sr = api.check_audio(audio)
         separator, dev = None, None
         if model != FALLBACK:
-            from ..avcontrol_core.preprocess import weights
-
-            host.on_host_free(weights.clear)  # the cached separator goes when ComfyUI frees memory (idempotent)
-            path = weights.require_file(dm.MODEL_FOLDER, model, dm.WHERE_TO_GET, resolve=host.resolve_model)
-            separator = dm.load_separator(path)
+            path = api.require_file(api.DEMIX_MODEL_FOLDER, model, api.DEMIX_WHERE_TO_GET, resolve=host.resolve_model)
+            separator = api.load_separator(path)
             dev = resolve_device(device)
-            if dev.type != "cpu":
-                host.free_host_memory(sum(p.numel() * 4 for p in separator.parameters()) * 3, dev)
         stems = []
         steps = _Steps("demixing")
         try:
             for clip in wave:
                 host.check_interrupted()
                 if separator is None:
-                    stems.append(dm.demix_fallback(clip, sr, progress=steps))
+                    stems.append(api.demix_fallback(clip, sr, progress=steps))
                 else:
-                    stems.append(dm.demix_demucs(separator, clip, sr, dev, shifts, overlap, steps, name=model))
+                    stems.append(api.demix_demucs(separator, clip, sr, dev, shifts, overlap, steps, name=model))
         finally:
             steps.close()
-        out = [{"waveform": torch.stack([getattr(s, k) for s in stems]), "sample_rate": sr} for k in dm.STEMS]
-        info = stems[0].method + "\n" + "\n".join(stems[0].labels[k] for k in dm.STEMS)
+        out = [{"waveform": torch.stack([getattr(s, k) for s in stems]), "sample_rate": sr} for k in api.STEMS]
+        info = stems[0].method + "\n" + "\n".join(stems[0].labels[k] for k in api.STEMS)
         return (*out, info)
 
 
@@ -142,7 +136,7 @@ class AVCAudioEnvelope:
     DESCRIPTION = "Audio intensity envelope at 25 values per second (RMS per 40 ms, normalized / dB / linear)."
 
     def run(self, audio, scale, floor_db):
-        from ..avcontrol_core.preprocess.audio_features import curve_image, intensity_envelope
+        from ..avcontrol_core.api import curve_image, intensity_envelope
 
         wave, sr = _first_clip(audio)
         curve = intensity_envelope(wave, sr, scale, floor_db)
@@ -175,7 +169,7 @@ class AVCAudioOnsets:
     DESCRIPTION = "Onset strength at 25 values per second and onset times (spectral flux at 16 kHz, 10 ms hop)."
 
     def run(self, audio, threshold, min_gap):
-        from ..avcontrol_core.preprocess.audio_features import curve_image, onsets
+        from ..avcontrol_core.api import curve_image, onsets
 
         wave, sr = _first_clip(audio)
         curve = onsets(wave, sr, threshold, min_gap)
@@ -212,8 +206,7 @@ class AVCSpeechActivity:
     DESCRIPTION = "Speech activity with silero-vad: a 25/s probability curve, segments, and their times."
 
     def run(self, audio, threshold, min_speech_ms, min_silence_ms, pad_ms):
-        from ..avcontrol_core.preprocess.audio_features import curve_image
-        from ..avcontrol_core.preprocess.speech import format_segments, speech_activity
+        from ..avcontrol_core.api import curve_image, format_segments, speech_activity
 
         wave, sr = _first_clip(audio)
         steps = _Steps("speech activity")
@@ -265,8 +258,7 @@ class AVCWhoIsTalking:
                    "or from given segments without video.")
 
     def run(self, audio, max_speakers, assignment, mask_fill, images=None, fps=24.0, speaker_segments=""):
-        from ..avcontrol_core.preprocess.audio_features import curve_image
-        from ..avcontrol_core.preprocess.speech import speakers_from_segments, speakers_from_video, speech_activity
+        from ..avcontrol_core.api import curve_image, speakers_from_segments, speakers_from_video, speech_activity
 
         wave, sr = _first_clip(audio)
         steps = _Steps("who is talking")

@@ -50,14 +50,6 @@ def _by_chunks(frames: int, desc: str, run):
     return torch.cat(parts)
 
 
-def _weights():
-    """The weights module, with its cache tied to ComfyUI's memory management (idempotent)."""
-    from ..avcontrol_core.preprocess import weights
-
-    host.on_host_free(weights.clear)
-    return weights
-
-
 def _device(name: str):
     from .loaders import resolve_device
 
@@ -110,7 +102,7 @@ class AVCCannyEdges:
     DESCRIPTION = "Canny edge maps of every frame (OpenCV on the colour frames, as controlnet-aux does)."
 
     def run(self, image, low_threshold, high_threshold, blur, thickness, l2_gradient):
-        from ..avcontrol_core.preprocess.edges import canny_frames
+        from ..avcontrol_core.api import canny_frames
 
         bar, step = _steps(image.shape[0], "canny")
         with bar:
@@ -141,7 +133,7 @@ class AVCSoftEdges:
     DESCRIPTION = "Soft edge maps (Sobel gradient magnitude of the luminance) of every frame."
 
     def run(self, image, blur, gamma):
-        from ..avcontrol_core.preprocess.edges import soft_edge_frames
+        from ..avcontrol_core.api import soft_edge_frames
 
         bar, step = _steps(image.shape[0], "soft edges")
         with bar:
@@ -158,9 +150,9 @@ class AVCDepthMap:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..avcontrol_core.preprocess import depth
+        from ..avcontrol_core.api import DEPTH_ANNOTATORS, DEPTH_MODELS, depth_choices
 
-        names = depth.choices(host.list_models(depth.ANNOTATORS), host.list_models(depth.DEPTH_MODELS))
+        names = depth_choices(host.list_models(DEPTH_ANNOTATORS), host.list_models(DEPTH_MODELS))
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": _IMAGE_TIP}),
@@ -187,13 +179,10 @@ class AVCDepthMap:
     DESCRIPTION = "Depth map of every frame (MiDaS, ZoeDepth or Depth Anything), from local model files only."
 
     def run(self, image, model, resolution, normalize, device):
-        from ..avcontrol_core.preprocess.depth import estimate_depth, load_depth_model
+        from ..avcontrol_core.api import estimate_depth, load_depth_model
 
-        _weights()
         dev = _device(device)
         estimator = load_depth_model(model, host.resolve_model)
-        if dev.type == "cuda":
-            host.free_host_memory(sum(p.numel() * 4 for p in estimator.module().parameters()) * 2, dev)
         bar, step = _steps(image.shape[0], "depth")
         with bar:
             return (estimate_depth(estimator, image, resolution, normalize, dev, step),)
@@ -213,11 +202,11 @@ class AVCDWPose:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..avcontrol_core.preprocess.dwpose import DWPOSE, SOURCES
+        from ..avcontrol_core.api import DWPOSE, DWPOSE_SOURCES
 
         found = host.list_models(DWPOSE)
-        det = _choices(found, (SOURCES["det"].filename,), ("yolo",))
-        pose = _choices(found, (SOURCES["pose"].filename,), ("dw-", "rtmpose", "ucoco"))
+        det = _choices(found, (DWPOSE_SOURCES["det"].filename,), ("yolo",))
+        pose = _choices(found, (DWPOSE_SOURCES["pose"].filename,), ("dw-", "rtmpose", "ucoco"))
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": _IMAGE_TIP}),
@@ -244,9 +233,8 @@ class AVCDWPose:
     DESCRIPTION = "DWPose skeletons (body, hands, face) of every frame, from the two DWPose ONNX files."
 
     def run(self, image, detector, estimator, detect_resolution, body, hands, face, device):
-        from ..avcontrol_core.preprocess.dwpose import dwpose_frames, load_dwpose
+        from ..avcontrol_core.api import dwpose_frames, load_dwpose
 
-        _weights()
         model = load_dwpose(detector, estimator, host.resolve_model, _device(device))
         bar, step = _steps(image.shape[0], "dwpose")
         with bar:
@@ -258,9 +246,9 @@ class AVCOpenpose:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..avcontrol_core.preprocess.pose import ANNOTATORS, OPENPOSE_SOURCES
+        from ..avcontrol_core.api import OPENPOSE_SOURCES, POSE_ANNOTATORS
 
-        found = [n for n in host.list_models(ANNOTATORS) if "body_pose" in n.lower()]
+        found = [n for n in host.list_models(POSE_ANNOTATORS) if "body_pose" in n.lower()]
         names = _choices(found, (OPENPOSE_SOURCES["body"].filename,))
         return {
             "required": {
@@ -285,9 +273,8 @@ class AVCOpenpose:
     DESCRIPTION = "OpenPose skeletons of every frame (controlnet-aux), from local .pth files."
 
     def run(self, image, body_model, detect_resolution, body, hands, face, device):
-        from ..avcontrol_core.preprocess.pose import OpenposeModels, openpose_frames
+        from ..avcontrol_core.api import OpenposeModels, openpose_frames
 
-        _weights()
         models = OpenposeModels(body_model, host.resolve_model, hands, face)
         bar, step = _steps(image.shape[0], "openpose")
         with bar:
@@ -332,7 +319,7 @@ class AVCMediaPipePose:
                    "up to max_people found by their faces. For crowds and people seen from behind, use DWPose.")
 
     def run(self, image, detect_resolution, body, hands, face, tracking, min_confidence, max_people=1):
-        from ..avcontrol_core.preprocess.pose import mediapipe_frames
+        from ..avcontrol_core.api import mediapipe_frames
 
         bar, step = _steps(image.shape[0], "mediapipe pose")
         with bar:
@@ -373,8 +360,7 @@ class AVCMaskFromBox:
     DESCRIPTION = "Inpaint mask from a box (the box clipped to the frame)."
 
     def run(self, image, x, y, width, height, feather, invert):
-        from ..avcontrol_core.preprocess.frames import check_images
-        from ..avcontrol_core.preprocess.masks import box_mask
+        from ..avcontrol_core.api import box_mask, check_images
 
         frames, h, w = check_images(image).shape[:3]
         return (_by_chunks(frames, "mask from box",
@@ -410,8 +396,7 @@ class AVCMaskFromThreshold:
     DESCRIPTION = "Inpaint mask from a threshold over an image batch, grown and feathered."
 
     def run(self, image, channel, threshold, invert, grow, feather):
-        from ..avcontrol_core.preprocess.frames import check_images
-        from ..avcontrol_core.preprocess.masks import threshold_mask
+        from ..avcontrol_core.api import check_images, threshold_mask
 
         images = check_images(image)
         return (_by_chunks(images.shape[0], "mask from threshold",
@@ -423,7 +408,7 @@ class AVCOutpaintPad:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..avcontrol_core.preprocess.masks import ALIGN_X, ALIGN_Y, ASPECTS, FILLS
+        from ..avcontrol_core.api import ALIGN_X, ALIGN_Y, ASPECTS, FILLS
 
         side = "Pixels added on the {} (ignored when target_aspect is set)."
         return {
@@ -457,8 +442,7 @@ class AVCOutpaintPad:
     DESCRIPTION = "Outpaint: pad frames by pixels per side or to a target aspect; MASK marks what to generate."
 
     def run(self, image, left, right, top, bottom, target_aspect, align_x, align_y, fill, feather):
-        from ..avcontrol_core.preprocess.frames import check_images
-        from ..avcontrol_core.preprocess.masks import aspect_padding, outpaint
+        from ..avcontrol_core.api import aspect_padding, check_images, outpaint
 
         images = check_images(image)
         if target_aspect != "none":
@@ -491,8 +475,7 @@ class AVCFillMasked:
     DESCRIPTION = "Inpaint: blank the masked area of every frame with grey, black or white."
 
     def run(self, image, mask, fill):
-        from ..avcontrol_core.preprocess.frames import check_images, check_mask
-        from ..avcontrol_core.preprocess.masks import fill_masked
+        from ..avcontrol_core.api import check_images, check_mask, fill_masked
 
         images, masks = check_images(image), check_mask(mask)
         if masks.shape[0] not in (1, images.shape[0]):  # as fill_masked says it, before any frame is touched
@@ -552,7 +535,7 @@ class AVCFitClip:
     def run(self, image, width, height, resize, source_fps, target_fps, max_frames, frames_rule, mask=None):
         import torch
 
-        from ..avcontrol_core.preprocess.fit import fit_clip, plan_frames
+        from ..avcontrol_core.api import fit_clip, plan_frames
 
         total = len(plan_frames(int(image.shape[0]), source_fps, target_fps, max_frames, frames_rule).indices)
         bar, step = _steps(total, "fit clip")

@@ -30,6 +30,6 @@ class AVCPromptEncode:
     DESCRIPTION = "Encode prompts with Gemma 3 and the checkpoint's text connectors."
 
     def encode(self, text_encoder, positive, negative):
-        from ..avcontrol_core.text_encoder import encode_prompt_pair
+        from ..avcontrol_core.api import encode_prompts
 
-        return (encode_prompt_pair(text_encoder, positive, negative),)
+        return (encode_prompts(text_encoder, positive, negative),)

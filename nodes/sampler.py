@@ -55,8 +55,7 @@ class AVCSampler:
 
     def run(self, model, conditioning, latent, seed, steps, schedule, lora_mode="runtime", guidance=None,
             controls=None, loras=None, cross_modal_weight=False):
-        from ..avcontrol_core.pipeline import run_sampler
-        from ..avcontrol_core.sampling import step_count
+        from ..avcontrol_core.api import sample, step_count
 
         controls = tuple(controls or ())
         references = sum(1 for c in controls if c.encodes and not c.inert())
@@ -67,7 +66,7 @@ class AVCSampler:
             bar.update(1)
             host.check_interrupted()
 
-        out = run_sampler(
+        out = sample(
             model, conditioning, latent, guidance, steps=steps, schedule_name=schedule, seed=seed,
             controls=controls, loras=loras, fuse_loras=lora_mode == "fuse", cross_modal_weight=cross_modal_weight,
             on_step=tick, on_encode=tick, check_interrupted=host.check_interrupted,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.workflow_defs import PACK_PACKAGE, load_pack
 
-from nodes import host  # noqa: E402
+load_pack()  # the pack as ComfyUI imports it (by path, as a package): its nodes reach the core by relative imports
+host = importlib.import_module(f"{PACK_PACKAGE}.nodes.host")
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ attention and compile settings, and the host's "free memory" reaching our models
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 import json
 import re
 import sys
@@ -21,7 +23,8 @@ from avcontrol_core import backbone, kernels, latents, offload, sampling, tiny
 from avcontrol_core.conditioning import PromptPair
 from avcontrol_core.errors import InputError
 from avcontrol_core.guidance import Guidance, StreamGuidance
-from avcontrol_core.offload import BlockSwap, GPUMemoryError
+from avcontrol_core.offload import BlockSwap
+from avcontrol_core.residency import GPUMemoryError
 from avcontrol_core.offload_plan import GIB, BudgetError, Plan, plan_block_swap, spread
 from avcontrol_core.pipeline import run_sampler
 
@@ -349,13 +352,13 @@ def test_out_of_memory_names_the_setting_and_frees_what_it_held(six_block_checkp
         run(model, ctx)
     text = str(err.value)
     assert "ran out of GPU memory while sampling 64x64x17" in text and "Tried to allocate 2.00 GiB" in text
-    assert "the resolution (64x64) or frames (17)" in text and "weights to fp8" in text
+    assert "resolution or frames (now 64x64x17: smaller)" in text and "weights (now default: fp8 halves" in text
     if budgeted:
         assert f"offload_budget_gb (now {options['offload_budget_gb']:g}, 2 blocks resident" in text
         assert model.plan is None  # block swap removed: streamed weights back on their host copies, hooks gone
         assert all(not b._forward_hooks for b in model.transformer.transformer_blocks)
     else:
-        assert "offload_budget_gb from 0" in text
+        assert "offload_budget_gb (now 0, everything resident" in text
     assert "video_decoder" not in model.loaded() and "audio_decoder" not in model.loaded()
     handle.remove()
 
@@ -509,7 +512,10 @@ def test_model_options_are_checked():
 def fake_comfy(monkeypatch):
     """A stand-in comfy.model_management whose unload_all_models calls free_memory through the module, like
     ComfyUI's; host.is_hosted() sees it."""
-    from nodes import host
+    from tests.workflow_defs import PACK_PACKAGE, load_pack
+
+    load_pack()
+    host = importlib.import_module(f"{PACK_PACKAGE}.nodes.host")
 
     mm = types.ModuleType("comfy.model_management")
     calls = []
@@ -558,9 +564,7 @@ def test_model_loader_node_options(tiny_models, monkeypatch):
     from tests.workflow_defs import PACK_PACKAGE, load_pack, pack_node_classes
 
     load_pack()
-    import importlib
 
-    loaders = importlib.import_module(f"{PACK_PACKAGE}.nodes.loaders")
     monkeypatch.setenv("AVCONTROL_MODELS_DIR", str(tiny_models["root"]))
     cls = pack_node_classes()["AVCModelLoader"]
     spec = cls.INPUT_TYPES()
@@ -577,27 +581,35 @@ def test_model_loader_node_options(tiny_models, monkeypatch):
     (model,) = cls().load(ckpt, "fp32", "cpu", "fp8 (e4m3)", 2.0, False, "sdpa")
     assert model.options == type(model.options)(weights="fp8", offload_budget_gb=2.0, attention="sdpa")
     assert model is not plain and kernels.FP8 in {p.dtype for p in model.transformer.parameters()}
+    assert cls().load(ckpt, "fp32", "cpu", "fp8 (e4m3)", 2.0, False, "sdpa")[0] is model  # cached, not reloaded
     model.component("vocoder")
-    loaders.release_cached_models()  # what ComfyUI's free memory calls
+    api = importlib.import_module(f"{PACK_PACKAGE}.avcontrol_core.api")
+    api.release()  # what ComfyUI's free memory calls (host.install_core_host -> on_host_free)
     assert model.loaded() == ["transformer"]
-    loaders.clear_cache()
+    assert api.clear_models() >= 2
 
 
-def test_text_encoder_visits_the_device_only_while_encoding():
-    order = []
+def test_text_encoder_visits_the_device_only_while_encoding(tiny_models, monkeypatch):
+    """A visiting encoder (offload budget on a GPU) puts exactly its own weights, Gemma and the connectors, on the
+    device through the residency's one way there, for the call only; the result equals the resident encoder's."""
+    from avcontrol_core import text_encoder
 
-    class Encoder:
-        def to(self, device):
-            order.append(("to", str(device)))
-            return self
+    model = backbone.load_model(tiny_models["checkpoint_ltx2"], "cpu", "fp32")
+    resident = text_encoder.load_prompt_encoder(tiny_models["gemma"], model.path, model.config, "cpu", "fp32")
+    expected = resident.encode(["a kite", ""])
+    calls = []
 
-        def encode(self, prompts):
-            order.append(("encode", tuple(prompts)))
-            return "encoded"
+    @contextlib.contextmanager
+    def on_device(module, device, what, extra_bytes=0, hints=()):
+        calls.append(("enter", list(module), device, what, [h.setting for h in hints]))
+        yield module
+        calls.append(("exit",))
 
-        token_limit = 1024
+    monkeypatch.setattr(text_encoder.RESIDENCY, "on_device", on_device)
+    visiting = resident.visiting("meta")
+    got = visiting.encode(["a kite", ""])
+    assert calls == [("enter", [resident.gemma.model, resident.processor], torch.device("meta"), "encoding the prompt",
+                      ["text encoder device"]), ("exit",)]
+    assert torch.equal(got.video_context, expected.video_context)
+    assert torch.equal(got.audio_context, expected.audio_context)
 
-    step = offload.OnDeviceForStep(Encoder(), torch.device("cpu"), "encode", home="meta",
-                                   before=lambda n: order.append(("make room", n)), nbytes=123)
-    assert step.encode(["a", ""]) == "encoded" and step.token_limit == 1024
-    assert order == [("make room", 123), ("to", "cpu"), ("encode", ("a", "")), ("to", "meta")]
